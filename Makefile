@@ -1,0 +1,28 @@
+# The two entry points of the README. Each creates .venv and installs what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# glibc returns large freed blocks to the OS after every pass unless told not to (docs/benchmarks.md).
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 100000000000
+
+.PHONY: install run test lint bench
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[worker,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m workers.explain_photo --out out/maps
+
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench.gradient_family

@@ -1,0 +1,1 @@
+"""The HTTP API. It never imports torch."""

@@ -1,0 +1,1 @@
+"""The model zoo: the architectures and weights the service can serve."""

@@ -1,0 +1,67 @@
+"""Saliency maps to images: a perceptual colormap, a heatmap PNG and an overlay on the photo.
+
+Works on numpy arrays (no torch), so whatever produced the map, rendering is the same.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+Polarity = Literal["absolute", "positive", "negative"]
+
+# Inferno, sampled at 9 evenly spaced points; linear interpolation between them stays monotonic
+# in lightness, which is what makes the colormap read correctly.
+_INFERNO_KNOTS = np.array(
+    [
+        (0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85),
+        (227, 89, 51), (249, 140, 10), (249, 201, 50), (252, 255, 164),
+    ],
+    dtype=np.float64,
+)
+_POSITIONS = np.linspace(0.0, 1.0, len(_INFERNO_KNOTS))
+INFERNO = np.stack(
+    [np.interp(np.linspace(0.0, 1.0, 256), _POSITIONS, _INFERNO_KNOTS[:, k]) for k in range(3)], axis=1
+).round().astype(np.uint8)
+
+
+def normalise(saliency: np.ndarray, *, polarity: Polarity = "absolute", clip_percentile: float = 99.5) -> np.ndarray:
+    """(H, W) map -> values in [0, 1]; values above the ``clip_percentile`` saturate."""
+    if saliency.ndim != 2:
+        raise ValueError(f"saliency must be a 2-D (H, W) map, got shape {saliency.shape}")
+    if not 0 < clip_percentile <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    values = saliency.astype(np.float64)
+    values = {"absolute": np.abs(values), "positive": np.clip(values, 0, None),
+              "negative": np.clip(-values, 0, None)}[polarity]
+    top = np.percentile(values, clip_percentile)
+    if not np.isfinite(top) or top <= 0:
+        return np.zeros_like(values)
+    return np.clip(values / top, 0.0, 1.0)
+
+
+def colorize(unit: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB."""
+    return INFERNO[np.round(unit * 255).astype(np.intp)]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def heatmap(saliency: np.ndarray, **options: object) -> Image.Image:
+    """The map in the colormap, at the map's own size."""
+    return Image.fromarray(colorize(normalise(saliency, **options)))  # type: ignore[arg-type]
+
+
+def overlay(saliency: np.ndarray, photo: Image.Image, *, alpha: float = 0.5, **options: object) -> Image.Image:
+    """The heatmap resized to the photo's own size and blended over it."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+    colored = heatmap(saliency, **options).resize(photo.size, Image.Resampling.BILINEAR)
+    return Image.blend(photo.convert("RGB"), colored, alpha)

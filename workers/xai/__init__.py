@@ -1,0 +1,31 @@
+"""Saliency explainers for PyTorch image classifiers, after the MindSpore XAI contract.
+
+Pure PyTorch: no service code. Every explainer is built from the network and called as
+``explainer(inputs, targets)``; see :mod:`workers.xai._base` for the contract.
+"""
+
+from ._activation_rules import RectifierTape
+from ._base import Explainer
+from .deconvolution import Deconvolution
+from .gradcam import GradCAM
+from .gradient import Gradient
+from .guided_backprop import GuidedBackprop
+from .guided_gradcam import GuidedGradCAM
+from .input_x_gradient import InputXGradient
+from .integrated_gradients import IntegratedGradients
+from .layer_gradient_x_activation import LayerGradientXActivation
+from .smoothgrad import SmoothGrad
+
+__all__ = [
+    "Deconvolution",
+    "Explainer",
+    "GradCAM",
+    "Gradient",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "InputXGradient",
+    "IntegratedGradients",
+    "LayerGradientXActivation",
+    "RectifierTape",
+    "SmoothGrad",
+]
