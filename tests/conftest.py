@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.nets import LeNet5, seeded
+
+
+@pytest.fixture
+def lenet() -> nn.Module:
+    return seeded(LeNet5)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """(4, 3, 32, 32), deterministic."""
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def efficientnet() -> nn.Module:
+    from models import efficientnet_lite0
+
+    return efficientnet_lite0.build()
+
+
+@pytest.fixture(scope="session")
+def cat_photo():
+    from skimage import data
+    from PIL import Image
+
+    return Image.fromarray(data.chelsea())
+
+
+@pytest.fixture(scope="session")
+def cat_input(cat_photo) -> torch.Tensor:
+    from workers.explain_photo import to_input
+
+    return to_input(cat_photo)
