@@ -27,8 +27,8 @@ def efficientnet() -> nn.Module:
 
 @pytest.fixture(scope="session")
 def cat_photo():
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     return Image.fromarray(data.chelsea())
 

@@ -86,16 +86,23 @@ class FunctionalNet(nn.Module):
 class InPlaceNet(nn.Module):
     """Rectifiers whose return value is ignored: only the in-place update carries the result."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, activation: Activation | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.fc = nn.Linear(8 * 16 * 16, num_classes)
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv(x)
-        torch.relu_(h)
+        if self.activation is None:
+            torch.relu_(h)
+        else:
+            h = self.activation(h, float("inf"))
         h = F.max_pool2d(h, 2).flatten(1)
-        h.relu_()
+        if self.activation is None:
+            h.relu_()
+        else:
+            h = self.activation(h, float("inf"))
         return self.fc(h)
 
 

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         probabilities = network(inputs).softmax(dim=1)
     top = probabilities.topk(args.top_k, dim=1)
     targets = top.indices  # (1, k)
-    print("top classes:", ", ".join(f"{c} ({p:.3f})" for c, p in zip(top.indices[0].tolist(), top.values[0].tolist())))
+    ranked = zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)
+    print("top classes:", ", ".join(f"{c} ({p:.3f})" for c, p in ranked))
 
     layer = efficientnet_lite0.GRADCAM_LAYER
     explainers = {
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         maps = explainer(inputs, targets)[0].numpy()  # (k, H, W)
         elapsed = time.perf_counter() - start
-        for target, saliency in zip(targets[0].tolist(), maps):
+        for target, saliency in zip(targets[0].tolist(), maps, strict=True):
             heatmap(saliency).save(args.out / f"{name}_{target}_heatmap.png")
             overlay(saliency, photo).save(args.out / f"{name}_{target}_overlay.png")
         print(f"{name:22s} {elapsed * 1000:8.1f} ms")

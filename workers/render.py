@@ -17,15 +17,24 @@ Polarity = Literal["absolute", "positive", "negative"]
 # in lightness, which is what makes the colormap read correctly.
 _INFERNO_KNOTS = np.array(
     [
-        (0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85),
-        (227, 89, 51), (249, 140, 10), (249, 201, 50), (252, 255, 164),
+        (0, 0, 4),
+        (31, 12, 72),
+        (85, 15, 109),
+        (136, 34, 106),
+        (186, 54, 85),
+        (227, 89, 51),
+        (249, 140, 10),
+        (249, 201, 50),
+        (252, 255, 164),
     ],
     dtype=np.float64,
 )
 _POSITIONS = np.linspace(0.0, 1.0, len(_INFERNO_KNOTS))
-INFERNO = np.stack(
-    [np.interp(np.linspace(0.0, 1.0, 256), _POSITIONS, _INFERNO_KNOTS[:, k]) for k in range(3)], axis=1
-).round().astype(np.uint8)
+INFERNO = (
+    np.stack([np.interp(np.linspace(0.0, 1.0, 256), _POSITIONS, _INFERNO_KNOTS[:, k]) for k in range(3)], axis=1)
+    .round()
+    .astype(np.uint8)
+)
 
 
 def normalise(saliency: np.ndarray, *, polarity: Polarity = "absolute", clip_percentile: float = 99.5) -> np.ndarray:
@@ -35,8 +44,9 @@ def normalise(saliency: np.ndarray, *, polarity: Polarity = "absolute", clip_per
     if not 0 < clip_percentile <= 100:
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
     values = saliency.astype(np.float64)
-    values = {"absolute": np.abs(values), "positive": np.clip(values, 0, None),
-              "negative": np.clip(-values, 0, None)}[polarity]
+    values = {"absolute": np.abs(values), "positive": np.clip(values, 0, None), "negative": np.clip(-values, 0, None)}[
+        polarity
+    ]
     top = np.percentile(values, clip_percentile)
     if not np.isfinite(top) or top <= 0:
         return np.zeros_like(values)

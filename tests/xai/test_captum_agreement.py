@@ -20,12 +20,16 @@ from captum.attr import (
 )
 from captum.attr import (
     GuidedGradCam,
-    InputXGradient as CaptumInputXGradient,
-    IntegratedGradients as CaptumIntegratedGradients,
     LayerAttribution,
     LayerGradCam,
     NoiseTunnel,
     Saliency,
+)
+from captum.attr import (
+    InputXGradient as CaptumInputXGradient,
+)
+from captum.attr import (
+    IntegratedGradients as CaptumIntegratedGradients,
 )
 from captum.attr import (
     LayerGradientXActivation as CaptumLayerGradientXActivation,
@@ -63,7 +67,9 @@ def test_gradient_is_captum_saliency_abs_max_over_channels(lenet, images):
     assert_maps_close(Gradient(lenet)(images, TARGETS), reference)
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [(Deconvolution, CaptumDeconvolution), (GuidedBackprop, CaptumGuidedBackprop)])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [(Deconvolution, CaptumDeconvolution), (GuidedBackprop, CaptumGuidedBackprop)]
+)
 def test_rectifier_rules_match_captum(lenet, images, ours, theirs):
     reference = channel_abs_max(theirs(lenet).attribute(images, target=TARGETS))
     assert_maps_close(ours(lenet)(images, TARGETS), reference)
@@ -100,7 +106,7 @@ def test_layer_gradient_x_activation_matches_captum(lenet, images, multiply_by_i
         lenet, layers, multiply_by_inputs=multiply_by_inputs, attribute_to_layer_input=to_input
     )(images, TARGETS)
     assert len(ours) == len(captum) == 2
-    for mine, theirs in zip(ours, captum):
+    for mine, theirs in zip(ours, captum, strict=True):
         assert_maps_close(mine, theirs)
 
 
@@ -119,9 +125,11 @@ def test_input_x_gradient_is_captum_summed_over_channels(lenet, images):
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle"])
 def test_integrated_gradients_matches_captum(lenet, images, method):
     baseline = torch.full_like(images, 0.25)
-    reference = CaptumIntegratedGradients(lenet).attribute(
-        images, baselines=baseline, target=TARGETS, n_steps=20, method=method, internal_batch_size=7
-    ).sum(dim=1, keepdim=True)
+    reference = (
+        CaptumIntegratedGradients(lenet)
+        .attribute(images, baselines=baseline, target=TARGETS, n_steps=20, method=method, internal_batch_size=7)
+        .sum(dim=1, keepdim=True)
+    )
     ours = IntegratedGradients(lenet, baseline=0.25, steps=20, method=method, internal_batch_size=7)(images, TARGETS)
     assert_maps_close(ours, reference)
 

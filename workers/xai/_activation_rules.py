@@ -80,7 +80,7 @@ def _bounds(func: Any, args: tuple, kwargs: dict) -> tuple[float, float, bool] |
     if signature is None:
         return None
     names, defaults = signature
-    values = {**defaults, **dict(zip(names, args[1:])), **kwargs}
+    values = {**defaults, **dict(zip(names, args[1:], strict=False)), **kwargs}
     return float(values["min_val"]), float(values["max_val"]), bool(values["inplace"])
 
 

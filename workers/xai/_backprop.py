@@ -38,12 +38,17 @@ def per_target_gradients(
     last = targets.shape[1] - 1
     for j in range(targets.shape[1]):
         yield torch.autograd.grad(
-            outputs, list(wrt), grad_outputs=one_hot_seed(outputs, targets[:, j]),
-            retain_graph=keep_graph or j < last, materialize_grads=True,
+            outputs,
+            list(wrt),
+            grad_outputs=one_hot_seed(outputs, targets[:, j]),
+            retain_graph=keep_graph or j < last,
+            materialize_grads=True,
         )
 
 
-def recorded_forward(network: nn.Module, inputs: Tensor, targets: Tensor, rule: Rule | None) -> tuple[Tensor, RectifierTape | None]:
+def recorded_forward(
+    network: nn.Module, inputs: Tensor, targets: Tensor, rule: Rule | None
+) -> tuple[Tensor, RectifierTape | None]:
     """Forward pass; with a ``rule``, under a :class:`RectifierTape` that must catch a rectifier."""
     with ExitStack() as stack:
         tape = stack.enter_context(RectifierTape(rule)) if rule is not None else None

@@ -22,9 +22,7 @@ def resolve_layer(network: nn.Module, layer: object, name: str = "layer") -> tup
         return layer, network.get_submodule(layer)
     except AttributeError:
         known = [n for n, _ in network.named_modules() if n][:8]
-        raise ValueError(
-            f"{name} {layer!r} is not a module of the network (dotted names such as {known})"
-        ) from None
+        raise ValueError(f"{name} {layer!r} is not a module of the network (dotted names such as {known})") from None
 
 
 class LayerCapture:

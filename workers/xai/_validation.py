@@ -60,8 +60,7 @@ def normalise_targets(targets: object, batch_size: int, device: torch.device) ->
         elif targets.dim() == 2:
             if targets.shape[0] != batch_size or targets.shape[1] == 0:
                 raise ValueError(
-                    f"targets as a 2-D tensor must have shape (N={batch_size}, l>=1), "
-                    f"got {tuple(targets.shape)}"
+                    f"targets as a 2-D tensor must have shape (N={batch_size}, l>=1), got {tuple(targets.shape)}"
                 )
             out = targets
         else:
@@ -71,14 +70,11 @@ def normalise_targets(targets: object, batch_size: int, device: torch.device) ->
             raise TypeError("targets as a list must hold only ints")
         if len(targets) != batch_size:
             raise ValueError(
-                f"targets as a list must have one entry per input (length {batch_size}), "
-                f"got length {len(targets)}"
+                f"targets as a list must have one entry per input (length {batch_size}), got length {len(targets)}"
             )
         out = torch.tensor(list(targets), dtype=torch.long).reshape(batch_size, 1)
     else:
-        raise TypeError(
-            f"targets must be an int, a list of ints or an integer tensor, got {type(targets).__name__}"
-        )
+        raise TypeError(f"targets must be an int, a list of ints or an integer tensor, got {type(targets).__name__}")
     out = out.to(device=device, dtype=torch.long)
     if bool((out < 0).any()):
         raise ValueError(f"targets must be non-negative class indices, got {out.min().item()}")

@@ -31,8 +31,11 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
         weights[0] /= 2
         weights[-1] /= 2
         return torch.linspace(0, 1, steps, dtype=torch.float64), weights
-    start, stop = {"riemann_left": (0.0, 1 - 1 / steps), "riemann_right": (1 / steps, 1.0),
-                   "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps))}[method]
+    start, stop = {
+        "riemann_left": (0.0, 1 - 1 / steps),
+        "riemann_right": (1 / steps, 1.0),
+        "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps)),
+    }[method]
     return torch.linspace(start, stop, steps, dtype=torch.float64), weights
 
 
@@ -61,7 +64,9 @@ class IntegratedGradients(Explainer):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.method = method
-        self.internal_batch_size = None if internal_batch_size is None else check_positive_int(internal_batch_size, "internal_batch_size")
+        self.internal_batch_size = (
+            None if internal_batch_size is None else check_positive_int(internal_batch_size, "internal_batch_size")
+        )
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         n = len(inputs)
@@ -74,8 +79,8 @@ class IntegratedGradients(Explainer):
         total = inputs.new_zeros((n, targets.shape[1], *inputs.shape[1:]))
         delta = inputs - baseline
         for start in range(0, n * self.steps, chunk):
-            images = image_of_row[start:start + chunk]
-            steps = step_of_row[start:start + chunk]
+            images = image_of_row[start : start + chunk]
+            steps = step_of_row[start : start + chunk]
             scaled = (baseline[images] + alphas[steps].view(-1, 1, 1, 1) * delta[images]).requires_grad_(True)
             outputs = forward_logits(self.network, scaled, targets[images])
             for j, (gradient,) in enumerate(per_target_gradients(outputs, [scaled], targets[images])):

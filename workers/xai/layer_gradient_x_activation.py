@@ -39,7 +39,10 @@ class LayerGradientXActivation(Explainer):
         if not layers:
             raise ValueError("layer must name at least one layer")
         self.layers = [resolve_layer(self.network, item) for item in layers]
-        for name, value in (("multiply_by_inputs", multiply_by_inputs), ("attribute_to_layer_input", attribute_to_layer_input)):
+        for name, value in (
+            ("multiply_by_inputs", multiply_by_inputs),
+            ("attribute_to_layer_input", attribute_to_layer_input),
+        ):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         self.multiply_by_inputs = multiply_by_inputs
@@ -53,7 +56,9 @@ class LayerGradientXActivation(Explainer):
 
     def explain(self, inputs: Tensor, targets: Tensor) -> list[Tensor]:
         """Returns one (N, L, *layer_shape) tensor per layer."""
-        captures = [LayerCapture(name, module, capture_input=self.attribute_to_layer_input) for name, module in self.layers]
+        captures = [
+            LayerCapture(name, module, capture_input=self.attribute_to_layer_input) for name, module in self.layers
+        ]
         x = inputs.requires_grad_(True)
         with capturing(captures):
             outputs = forward_logits(self.network, x, targets)
