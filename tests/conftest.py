@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.nets import LeNet5, seeded
+from models.lenet5 import LeNet5
+from tests.nets import seeded
 
 
 @pytest.fixture

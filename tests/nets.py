@@ -8,29 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class LeNet5(nn.Module):
-    """The seeds' LeNet5 with one ``nn.ReLU`` module per use, where module hooks are correct."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(120, 84)
-        self.relu4 = nn.ReLU()
-        self.fc3 = nn.Linear(84, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = self.relu3(self.fc1(x.flatten(1)))
-        return self.fc3(self.relu4(self.fc2(x)))
+from models.lenet5 import LeNet5
 
 
 class ReusedReLULeNet5(LeNet5):

@@ -46,15 +46,18 @@ class _Rectifier(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        # aten's own backward kernels do the masking in one pass; masking on the output is the
+        # same as on the input (lower < x < upper iff lower < y < upper).
         (y,) = ctx.saved_tensors
         rule = ctx.tape.rule
-        below_top = y < ctx.upper
-        if rule == "deconv":
-            return grad.clamp(min=0) * below_top, None, None, None
-        linear = (y > ctx.lower) & below_top
-        if rule == "guided":
-            grad = grad.clamp(min=0)
-        return grad * linear, None, None, None
+        lower = -math.inf if rule == "deconv" else ctx.lower
+        if rule != "plain":
+            grad = torch.relu(grad)
+        if math.isinf(ctx.upper):
+            grad_in = grad if math.isinf(lower) else torch.ops.aten.threshold_backward(grad, y, lower)
+        else:
+            grad_in = torch.ops.aten.hardtanh_backward(grad, y, lower, ctx.upper)
+        return grad_in, None, None, None
 
 
 _RELU = {"min_val": 0.0, "max_val": math.inf, "inplace": False}
