@@ -51,12 +51,14 @@ class _Rectifier(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         rule = ctx.tape.rule
         lower = -math.inf if rule == "deconv" else ctx.lower
-        if rule != "plain":
-            grad = torch.relu(grad)
         if math.isinf(ctx.upper):
-            grad_in = grad if math.isinf(lower) else torch.ops.aten.threshold_backward(grad, y, lower)
+            if math.isinf(lower):  # deconvolution through a ReLU: the input plays no part
+                return torch.relu(grad), None, None, None
+            grad_in = torch.ops.aten.threshold_backward(grad, y, lower)
         else:
             grad_in = torch.ops.aten.hardtanh_backward(grad, y, lower, ctx.upper)
+        if rule != "plain":
+            grad_in.clamp_(min=0)  # grad_in is ours to overwrite; grad is not
         return grad_in, None, None, None
 
 

@@ -36,6 +36,10 @@ def per_target_gradients(
     and l backward passes. Each backward only reaches as far down the graph as ``wrt`` needs.
     """
     last = targets.shape[1] - 1
+    if not outputs.requires_grad:  # nothing differentiable reaches the output: all gradients are 0
+        for _ in range(targets.shape[1]):
+            yield tuple(torch.zeros_like(tensor) for tensor in wrt)
+        return
     for j in range(targets.shape[1]):
         yield torch.autograd.grad(
             outputs,

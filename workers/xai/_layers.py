@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 
@@ -38,19 +39,32 @@ class LayerCapture:
         self.capture_input = capture_input
         self.tensors: list[Tensor] = []
 
-    def _catch(self, value: Any) -> None:
+    def _catch(self, value: Any) -> Tensor | None:
+        """Record the activation; return a replacement for the network to use, or None.
+
+        When nothing upstream requires grad (frozen parameters, an input without grad), the
+        activation becomes a leaf that does: autograd then records only the part of the network
+        above the layer, and the forward pass below it runs as cheaply as inference. The network
+        gets a clone, so its own in-place operations on the activation stay legal.
+        """
         if isinstance(value, tuple):
             value = value[0] if len(value) == 1 else value
         if not isinstance(value, Tensor):
             side = "input" if self.capture_input else "output"
             raise TypeError(f"layer {self.name!r} must have a single tensor as {side}, got {type(value).__name__}")
-        self.tensors.append(value)
+        if value.requires_grad or not torch.is_grad_enabled() or not value.is_floating_point():
+            self.tensors.append(value)
+            return None
+        root = value.detach().requires_grad_(True)
+        self.tensors.append(root)
+        return root.clone()
 
-    def _forward_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        self._catch(args)
+    def _forward_pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        replacement = self._catch(args)
+        return None if replacement is None else (replacement, *args[1:])
 
-    def _forward_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._catch(output)
+    def _forward_hook(self, module: nn.Module, args: tuple, output: Any) -> Tensor | None:
+        return self._catch(output)
 
     def activation(self) -> Tensor:
         if len(self.tensors) != 1:

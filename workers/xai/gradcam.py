@@ -24,19 +24,20 @@ class GradCAM(Explainer):
         self.layer = "" if layer == "" else resolve_layer(self.network, layer)[0]
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        cams, _, _ = layer_cams(self.network, self.layer, inputs, targets)
+        cams, _ = layer_cams(self.network, self.layer, inputs, targets)
         return upsample(cams, inputs.shape[-2:])
 
 
 def layer_cams(
     network: nn.Module, layer: str, inputs: Tensor, targets: Tensor, *, keep_graph: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One forward pass; per target, the CAM at ``layer`` as (N, L, h, w).
+) -> tuple[Tensor, Tensor]:
+    """One forward pass; per target, the CAM at ``layer`` as (N, L, h, w), and the outputs.
 
-    Also returns the network's outputs and the input tensor it saw, so a caller may go on
-    backpropagating from the same graph (``keep_graph``).
+    Unless ``inputs`` require grad (or ``layer`` is the input), autograd records only the part of
+    the network above the layer. With ``keep_graph`` a caller may go on backpropagating from the
+    returned outputs.
     """
-    x = inputs.requires_grad_(True)
+    x = inputs.requires_grad_(True) if layer == "" else inputs
     if layer == "":
         outputs = forward_logits(network, x, targets)
         activation = x
@@ -54,7 +55,7 @@ def layer_cams(
     for (gradient,) in per_target_gradients(outputs, [activation], targets, keep_graph=keep_graph):
         weights = gradient.mean(dim=(2, 3), keepdim=True)
         cams.append((weights * activation.detach()).sum(dim=1))
-    return torch.relu(torch.stack(cams, dim=1)), outputs, x
+    return torch.relu(torch.stack(cams, dim=1)), outputs
 
 
 def upsample(maps: Tensor, size: torch.Size) -> Tensor:

@@ -25,8 +25,9 @@ class GuidedGradCAM(Explainer):
         self.layer = resolve_layer(self.network, layer)[0]
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        x = inputs.requires_grad_(True)
         with RectifierTape("plain") as tape:
-            cams, outputs, x = layer_cams(self.network, self.layer, inputs, targets, keep_graph=True)
+            cams, outputs = layer_cams(self.network, self.layer, x, targets, keep_graph=True)
         if tape.calls == 0:
             raise ValueError("GuidedGradCAM found no ReLU, ReLU6 or Hardtanh in the network's forward pass")
         tape.rule = "guided"

@@ -59,9 +59,8 @@ class LayerGradientXActivation(Explainer):
         captures = [
             LayerCapture(name, module, capture_input=self.attribute_to_layer_input) for name, module in self.layers
         ]
-        x = inputs.requires_grad_(True)
         with capturing(captures):
-            outputs = forward_logits(self.network, x, targets)
+            outputs = forward_logits(self.network, inputs, targets)
         activations = [capture.activation() for capture in captures]
         per_target = list(per_target_gradients(outputs, activations, targets))
         results = []

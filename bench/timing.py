@@ -1,0 +1,52 @@
+"""Timing helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def median_ms(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000
+
+
+def allocator_setting() -> str:
+    keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    found = {key: os.environ.get(key) for key in keys}
+    if all(found.values()):
+        return "tuned glibc malloc (" + ", ".join(f"{k}={v}" for k, v in found.items()) + ")"
+    return "default glibc malloc"
+
+
+def forward_backward(network: nn.Module, inputs: torch.Tensor, target: int) -> Callable[[], object]:
+    """The bare cost a gradient method cannot avoid: one forward and one backward to the input."""
+
+    def run() -> object:
+        x = inputs.detach().requires_grad_(True)
+        return torch.autograd.grad(network(x)[:, target].sum(), x)
+
+    return run
+
+
+def forward_only(network: nn.Module, inputs: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.inference_mode():
+            return network(inputs)
+
+    return run
+
+
+def machine() -> str:
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
