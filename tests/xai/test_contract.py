@@ -118,7 +118,7 @@ def test_the_model_is_given_back_as_found_after_an_error(odd_state_lenet, images
 
 @pytest.mark.parametrize("name", INPUT_SPACE)
 def test_an_image_gets_the_same_map_alone_and_in_a_batch(lenet, images, name):
-    """Float rounding aside (measured up to ~1e-7 relative), batching changes nothing."""
+    """Float rounding aside, batching changes nothing (measured: at most 3e-7 of the map's maximum)."""
     explainer = INPUT_SPACE[name](lenet)
     targets = torch.tensor([3, 1, 4, 1])
     batch = explainer(images, targets)

@@ -101,3 +101,11 @@ def test_channels_last_inputs_give_the_same_maps(efficientnet, cat_input):
         torch.testing.assert_close(
             make(efficientnet)(channels_last, EGYPTIAN_CAT), reference, rtol=1e-4, atol=1e-4 * float(reference.max())
         )
+
+
+def test_a_photo_gets_the_same_map_alone_and_in_a_batch(efficientnet, cat_input):
+    batch = torch.cat([cat_input, cat_input.flip(-1), torch.zeros_like(cat_input)])
+    for make in (lambda net: GuidedBackprop(net), lambda net: GradCAM(net, LAYER)):
+        together = make(efficientnet)(batch, EGYPTIAN_CAT)
+        alone = make(efficientnet)(cat_input, EGYPTIAN_CAT)
+        torch.testing.assert_close(alone, together[:1], rtol=1e-5, atol=1e-5 * float(alone.max()))

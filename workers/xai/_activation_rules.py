@@ -79,12 +79,9 @@ _SIGNATURES: dict[Any, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 
 
-def _bounds(func: Any, args: tuple, kwargs: dict) -> tuple[float, float, bool] | None:
-    """(lower, upper, inplace) of a rectifier call, or None when ``func`` is not one."""
-    signature = _SIGNATURES.get(func)
-    if signature is None:
-        return None
-    names, defaults = signature
+def _bounds(func: Any, args: tuple, kwargs: dict) -> tuple[float, float, bool]:
+    """(lower, upper, inplace) of a call to one of the rectifiers of ``_SIGNATURES``."""
+    names, defaults = _SIGNATURES[func]
     values = {**defaults, **dict(zip(names, args[1:], strict=False)), **kwargs}
     return float(values["min_val"]), float(values["max_val"]), bool(values["inplace"])
 
@@ -107,10 +104,9 @@ class RectifierTape(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        bounds = _bounds(func, args, kwargs)
-        if bounds is None or not _records_grad(args[0]):
+        if func not in _SIGNATURES or not _records_grad(args[0]):  # every op of the pass comes here
             return func(*args, **kwargs)
-        lower, upper, inplace = bounds
+        lower, upper, inplace = _bounds(func, args, kwargs)
         x = args[0]
         self.calls += 1
         y = _Rectifier.apply(x, lower, upper, self)
