@@ -3,7 +3,8 @@
 conv 6 k5 -> ReLU -> maxpool -> conv 16 k5 -> ReLU -> maxpool -> fc 120 -> ReLU -> fc 84 -> ReLU
 -> fc num_classes. Each ReLU is its own module. ``num_features`` (84) and ``output_features``
 are the attributes an OoD head needs: with ``output_features`` set, the network returns its 84
-features instead of the class scores.
+features instead of the class scores, and ``classify_features`` turns features into scores, so a
+caller that needs both computes the backbone once.
 """
 
 from __future__ import annotations
@@ -34,4 +35,8 @@ class LeNet5(nn.Module):
         x = self.relu4(self.fc2(self.relu3(self.fc1(x.flatten(1)))))
         if self.output_features:
             return x
-        return self.fc3(x)
+        return self.classify_features(x)
+
+    def classify_features(self, features: Tensor) -> Tensor:
+        """(N, 84) features -> (N, num_classes) scores."""
+        return self.fc3(features)
