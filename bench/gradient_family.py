@@ -39,8 +39,8 @@ from captum.attr import (
 from torch import nn
 
 from bench.timing import allocator_setting, forward_backward, machine, median_ms
-from models import efficientnet_lite0
 from models.lenet5 import LeNet5
+from models.registry import ModelRegistry
 from workers.xai import (
     Deconvolution,
     GradCAM,
@@ -194,7 +194,8 @@ def main() -> None:
     print(f"# gradient family — {machine()}; {allocator_setting()}; median of {args.repeats}")
 
     lenet = frozen(LeNet5())
-    efficientnet = frozen(efficientnet_lite0.build())
+    registry = ModelRegistry()
+    efficientnet = registry.network("efficientnet-lite0")
     formats = [torch.channels_last] if args.quick else [torch.contiguous_format, torch.channels_last]
     for memory_format in formats:
         fmt = "channels_last" if memory_format is torch.channels_last else "contiguous"
@@ -203,7 +204,7 @@ def main() -> None:
                 x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=memory_format)
                 report(f"LeNet5, 32x32, batch {batch}, {fmt}", cases(lenet, "conv2", x, 3), args.repeats)
         x = torch.randn(1, 3, 224, 224).contiguous(memory_format=memory_format)
-        layer = efficientnet_lite0.GRADCAM_LAYER
+        layer = registry.manifest("efficientnet-lite0").gradcam_layer
         report(f"EfficientNet-Lite0, 224x224, batch 1, {fmt}", cases(efficientnet, layer, x, 285), args.repeats)
         report(
             f"EfficientNet-Lite0, top-5 of one image, {fmt}",

@@ -20,10 +20,15 @@ def images() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def efficientnet() -> nn.Module:
-    from models import efficientnet_lite0
+def registry():
+    from models.registry import ModelRegistry
 
-    return efficientnet_lite0.build()
+    return ModelRegistry()
+
+
+@pytest.fixture(scope="session")
+def efficientnet(registry) -> nn.Module:
+    return registry.network("efficientnet-lite0")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +40,7 @@ def cat_photo():
 
 
 @pytest.fixture(scope="session")
-def cat_input(cat_photo) -> torch.Tensor:
+def cat_input(cat_photo, registry) -> torch.Tensor:
     from workers.explain_photo import to_input
 
-    return to_input(cat_photo)
+    return to_input(cat_photo, registry.manifest("efficientnet-lite0"))

@@ -1,6 +1,6 @@
-"""Explain a photo with every method on EfficientNet-Lite0 and write the maps as PNG files.
+"""Explain a photo with every method and write the maps as PNG files.
 
-    python -m workers.explain_photo [--photo cat.jpg] [--out out/maps] [--top-k 1]
+    python -m workers.explain_photo [--photo cat.jpg] [--model efficientnet-lite0] [--out out/maps] [--top-k 1]
 
 Without ``--photo`` it uses scikit-image's sample photo of a cat (``chelsea``).
 """
@@ -11,11 +11,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from models import efficientnet_lite0
+from models.manifest import Manifest
+from models.preprocessing import map_to_photo, preprocess, to_rgb
+from models.registry import ModelRegistry
 from workers.render import heatmap, overlay
 from workers.xai import (
     Deconvolution,
@@ -35,32 +36,32 @@ def sample_photo() -> Image.Image:
     return Image.fromarray(data.chelsea())
 
 
-def to_input(photo: Image.Image) -> torch.Tensor:
-    """Resize to 224x224 and normalise with ImageNet mean/std: (1, 3, 224, 224)."""
-    size = efficientnet_lite0.INPUT_SIZE
-    pixels = np.asarray(photo.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255
-    mean, std = np.array(efficientnet_lite0.MEAN, np.float32), np.array(efficientnet_lite0.STD, np.float32)
-    return torch.from_numpy((pixels - mean) / std).permute(2, 0, 1).unsqueeze(0).contiguous()
+def to_input(photo: Image.Image, manifest: Manifest) -> torch.Tensor:
+    """(1, 3, H, W) as the manifest's preprocessing says."""
+    return torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photo", type=Path, help="an image file (default: a sample photo of a cat)")
+    parser.add_argument("--model", default="efficientnet-lite0", help="a model of the bundled zoo")
     parser.add_argument("--out", type=Path, default=Path("out/maps"))
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
     args = parser.parse_args(argv)
 
-    photo = Image.open(args.photo).convert("RGB") if args.photo else sample_photo()
-    network = efficientnet_lite0.build()
-    inputs = to_input(photo).contiguous(memory_format=torch.channels_last)
+    photo = to_rgb(Image.open(args.photo)) if args.photo else sample_photo()
+    registry = ModelRegistry()
+    manifest = registry.manifest(args.model)
+    network = registry.network(args.model)
+    inputs = to_input(photo, manifest).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         probabilities = network(inputs).softmax(dim=1)
     top = probabilities.topk(args.top_k, dim=1)
     targets = top.indices  # (1, k)
     ranked = zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)
-    print("top classes:", ", ".join(f"{c} ({p:.3f})" for c, p in ranked))
+    print("top classes:", ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
 
-    layer = efficientnet_lite0.GRADCAM_LAYER
+    layer = manifest.gradcam_layer
     explainers = {
         "gradient": Gradient(network),
         "deconvolution": Deconvolution(network),
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.perf_counter() - start
         for target, saliency in zip(targets[0].tolist(), maps, strict=True):
             heatmap(saliency).save(args.out / f"{name}_{target}_heatmap.png")
-            overlay(saliency, photo).save(args.out / f"{name}_{target}_overlay.png")
+            on_photo = map_to_photo(saliency, photo.size, manifest.preprocessing)
+            overlay(on_photo, photo).save(args.out / f"{name}_{target}_overlay.png")
         print(f"{name:22s} {elapsed * 1000:8.1f} ms")
     print(f"maps written to {args.out}/")
 

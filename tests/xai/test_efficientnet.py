@@ -7,7 +7,7 @@ import torch
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.attr import Saliency
 
-from models import efficientnet_lite0
+from models.registry import ModelRegistry
 from workers.xai import (
     Deconvolution,
     GradCAM,
@@ -21,7 +21,7 @@ from workers.xai import (
 )
 
 EGYPTIAN_CAT = 285
-LAYER = efficientnet_lite0.GRADCAM_LAYER
+LAYER = ModelRegistry().manifest("efficientnet-lite0").gradcam_layer
 # In the 451x300 photo: the face (eyes, nose, mouth) and where the background starts on the right.
 FACE_BOX = (100, 60, 360, 280)  # x0, y0, x1, y1
 BACKGROUND_X = 370
