@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def build_network(manifest: Manifest, device: str | torch.device = "cpu") -> nn.
     path = verified_weights(manifest)
     if manifest.weights.format == "torchscript":
         try:
-            network = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # deprecated in torch, still what users' archives are
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+                network = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as error:
             raise WeightsError(f"model {manifest.name!r}: {path} is not a TorchScript archive: {error}") from None
     else:
