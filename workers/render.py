@@ -1,4 +1,4 @@
-"""Saliency maps to images: a perceptual colormap, a heatmap PNG and an overlay on the photo.
+"""Saliency maps to images: perceptual colormaps, a heatmap PNG and an overlay on the photo.
 
 Works on numpy arrays (no torch), so whatever produced the map, rendering is the same.
 """
@@ -12,29 +12,27 @@ import numpy as np
 from PIL import Image
 
 Polarity = Literal["absolute", "positive", "negative"]
+Colormap = Literal["inferno", "viridis", "gray"]
 
-# Inferno, sampled at 9 evenly spaced points; linear interpolation between them stays monotonic
-# in lightness, which is what makes the colormap read correctly.
-_INFERNO_KNOTS = np.array(
-    [
-        (0, 0, 4),
-        (31, 12, 72),
-        (85, 15, 109),
-        (136, 34, 106),
-        (186, 54, 85),
-        (227, 89, 51),
-        (249, 140, 10),
-        (249, 201, 50),
-        (252, 255, 164),
-    ],
-    dtype=np.float64,
-)
-_POSITIONS = np.linspace(0.0, 1.0, len(_INFERNO_KNOTS))
-INFERNO = (
-    np.stack([np.interp(np.linspace(0.0, 1.0, 256), _POSITIONS, _INFERNO_KNOTS[:, k]) for k in range(3)], axis=1)
-    .round()
-    .astype(np.uint8)
-)
+# Perceptually uniform colormaps sampled at 9 evenly spaced points; linear interpolation between
+# them stays monotonic in lightness, which is what makes a heatmap read correctly.
+_KNOTS = {
+    "inferno": [(0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85),
+                (227, 89, 51), (249, 140, 10), (249, 201, 50), (252, 255, 164)],
+    "viridis": [(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
+                (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)],
+    "gray": [(0, 0, 0), (255, 255, 255)],
+}  # fmt: skip
+
+
+def _table(knots: list[tuple[int, int, int]]) -> np.ndarray:
+    points = np.asarray(knots, dtype=np.float64)
+    positions = np.linspace(0.0, 1.0, len(points))
+    samples = np.linspace(0.0, 1.0, 256)
+    return np.stack([np.interp(samples, positions, points[:, k]) for k in range(3)], axis=1).round().astype(np.uint8)
+
+
+COLORMAPS: dict[str, np.ndarray] = {name: _table(knots) for name, knots in _KNOTS.items()}
 
 
 def normalise(saliency: np.ndarray, *, polarity: Polarity = "absolute", clip_percentile: float = 99.5) -> np.ndarray:
@@ -44,18 +42,20 @@ def normalise(saliency: np.ndarray, *, polarity: Polarity = "absolute", clip_per
     if not 0 < clip_percentile <= 100:
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
     values = saliency.astype(np.float64)
-    values = {"absolute": np.abs(values), "positive": np.clip(values, 0, None), "negative": np.clip(-values, 0, None)}[
-        polarity
-    ]
+    values = {
+        "absolute": np.abs(values),
+        "positive": np.clip(values, 0, None),
+        "negative": np.clip(-values, 0, None),
+    }[polarity]
     top = np.percentile(values, clip_percentile)
     if not np.isfinite(top) or top <= 0:
         return np.zeros_like(values)
     return np.clip(values / top, 0.0, 1.0)
 
 
-def colorize(unit: np.ndarray) -> np.ndarray:
+def colorize(unit: np.ndarray, colormap: Colormap = "inferno") -> np.ndarray:
     """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB."""
-    return INFERNO[np.round(unit * 255).astype(np.intp)]
+    return COLORMAPS[colormap][np.round(unit * 255).astype(np.intp)]
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -64,14 +64,31 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def heatmap(saliency: np.ndarray, **options: object) -> Image.Image:
+def heatmap(
+    saliency: np.ndarray,
+    *,
+    colormap: Colormap = "inferno",
+    polarity: Polarity = "absolute",
+    clip_percentile: float = 99.5,
+) -> Image.Image:
     """The map in the colormap, at the map's own size."""
-    return Image.fromarray(colorize(normalise(saliency, **options)))  # type: ignore[arg-type]
+    unit = normalise(saliency, polarity=polarity, clip_percentile=clip_percentile)
+    return Image.fromarray(colorize(unit, colormap))
 
 
-def overlay(saliency: np.ndarray, photo: Image.Image, *, alpha: float = 0.5, **options: object) -> Image.Image:
-    """The heatmap resized to the photo's own size and blended over it."""
+def overlay(
+    saliency: np.ndarray,
+    photo: Image.Image,
+    *,
+    alpha: float = 0.5,
+    colormap: Colormap = "inferno",
+    polarity: Polarity = "absolute",
+    clip_percentile: float = 99.5,
+) -> Image.Image:
+    """The heatmap blended over the photo; a map of another size is resized to the photo's."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    colored = heatmap(saliency, **options).resize(photo.size, Image.Resampling.BILINEAR)
+    colored = heatmap(saliency, colormap=colormap, polarity=polarity, clip_percentile=clip_percentile)
+    if colored.size != photo.size:
+        colored = colored.resize(photo.size, Image.Resampling.BILINEAR)
     return Image.blend(photo.convert("RGB"), colored, alpha)

@@ -1,0 +1,124 @@
+"""The request and result contract between the API and the workers. Pydantic only, no torch.
+
+The API validates a request into :class:`JobSpec`, stores it with the decoded images, and a worker
+turns it into a :class:`JobResult`. Both sides import this module and nothing else of each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputForm = Literal["raw", "heatmap", "overlay"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodCall(_Model):
+    name: str = Field(description="A method id from GET /methods, e.g. 'gradcam'.", examples=["gradcam"])
+    params: dict[str, Any] = Field({}, description="The method's parameters (its JSON schema is in GET /methods).")
+
+
+class TopK(_Model):
+    top_k: int = Field(ge=1, description="Explain the k most probable classes of each image.")
+
+
+class RenderOptions(_Model):
+    colormap: Literal["inferno", "viridis", "gray"] = "inferno"
+    polarity: Literal["absolute", "positive", "negative"] = Field(
+        "absolute", description="Which part of a signed map to show."
+    )
+    clip_percentile: float = Field(99.5, gt=0, le=100, description="Values above this percentile saturate.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Opacity of the heatmap in the overlay.")
+
+
+class ExplainOptions(_Model):
+    """Everything of POST /explain but the images (those come as files or base64)."""
+
+    model: str = Field(description="A model name from GET /models.", examples=["lenet5-shapes"])
+    methods: list[MethodCall] = Field(min_length=1, max_length=12)
+    targets: list[int | list[int]] | TopK | None = Field(
+        None,
+        description="Per image, a class id or a list of class ids; or {'top_k': k} of the prediction. "
+        "Default: the predicted class.",
+    )
+    outputs: list[OutputForm] = Field(["heatmap"], min_length=1, description="Forms of each map in the result.")
+    render: RenderOptions = RenderOptions()
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed of the stochastic methods.")
+
+
+class ExplainJSON(ExplainOptions):
+    images: list[str] = Field(min_length=1, description="Base64-encoded image files (PNG, JPEG, ...).")
+
+
+class JobSpec(_Model):
+    """What a worker runs: validated options, targets resolved per image where explicit."""
+
+    job_id: str
+    model: str
+    methods: list[MethodCall]
+    targets: list[list[int]] | None = Field(None, description="Explicit class ids per image, or None.")
+    top_k: int = 1
+    outputs: list[OutputForm]
+    render: RenderOptions
+    seed: int | None = None
+    image_count: int
+    image_sizes: list[tuple[int, int]] = Field(description="(width, height) of each decoded image.")
+
+
+class Prediction(_Model):
+    class_id: int
+    label: str
+    probability: float
+
+
+class RawMap(_Model):
+    dtype: Literal["float16"] = "float16"
+    shape: tuple[int, int]
+    data: str = Field(description="Base64 of the little-endian float16 values, row-major.")
+
+
+class MapResult(_Model):
+    method: str
+    target: int
+    label: str
+    raw: RawMap | None = None
+    heatmap_url: str | None = None
+    overlay_url: str | None = None
+
+
+class ImageResult(_Model):
+    index: int
+    predictions: list[Prediction]
+    ood_score: float | None = Field(None, description="Higher is more in-distribution; null without an OoD head.")
+    maps: list[MapResult]
+
+
+class JobResult(_Model):
+    model: str
+    images: list[ImageResult]
+
+
+class ErrorInfo(_Model):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class JobView(_Model):
+    job_id: str
+    state: JobState
+    progress: float = Field(ge=0, le=1)
+    model: str
+    methods: list[str]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    timings_ms: dict[str, float] = {}
+    result: JobResult | None = None
+    error: ErrorInfo | None = None

@@ -1,0 +1,28 @@
+"""What the routes get injected: settings, the model registry, the dispatcher (and its store)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.dispatch import Dispatcher
+from app.settings import Settings
+from models.registry import ModelRegistry
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def _dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]

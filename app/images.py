@@ -1,0 +1,47 @@
+"""Decode uploaded image files safely: size limits, EXIF orientation, first frame, RGB.
+
+Pillow only. The API decodes every upload before accepting a job (a bad image is a 4xx naming
+it); the worker decodes the stored bytes again with the same function.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.preprocessing import to_rgb
+
+
+class ImageRejected(ValueError):
+    """An upload that is not a usable image; the message says why."""
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """bytes of an image file -> an RGB ``PIL.Image`` the right way up."""
+    if not data:
+        raise ImageRejected("the file is empty")
+    if len(data) > max_bytes:
+        raise ImageRejected(f"the file has {len(data)} bytes, more than the limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(f"the image has {width}x{height} pixels, more than the limit of {max_pixels}")
+            if width == 0 or height == 0:
+                raise ImageRejected(f"the image is {width}x{height}")
+            image.seek(0)  # animations: the first frame
+            image.load()
+    except ImageRejected:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageRejected(f"not a supported image: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
+        raise ImageRejected(f"the image cannot be decoded (truncated or corrupt): {error}") from None
+    try:
+        return to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, ValueError) as error:
+        raise ImageRejected(f"the image cannot be converted to RGB: {error}") from None

@@ -1,0 +1,65 @@
+"""Prometheus metrics: requests by route and status (this process), and, read from the job store
+at scrape time, job durations by method, failures by code and queue depth (all workers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from app.dispatch import Dispatcher
+from app.job_store import DURATION_BUCKETS
+
+
+class _StoreCollector:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's protocol
+        try:
+            sums, buckets = self.dispatcher.store.durations()
+            failures = self.dispatcher.store.failures()
+            depth = self.dispatcher.queue_depth()
+        except Exception:  # the store is away: scrape what this process has
+            return
+        histogram = HistogramMetricFamily("xai_job_method_seconds", "Time a method took in a job", labels=["method"])
+        for method in sorted(sums):
+            counts = [(_le(bound), buckets.get(f"{method}|{bound}", 0.0)) for bound in DURATION_BUCKETS]
+            histogram.add_metric([method], counts, sum_value=sums[method])
+        yield histogram
+        failed = CounterMetricFamily("xai_job_failures", "Jobs that failed, by error code", labels=["code"])
+        for code, count in sorted(failures.items()):
+            failed.add_metric([code], count)
+        yield failed
+        queue = GaugeMetricFamily("xai_queue_depth", "Jobs waiting (and, embedded, running)", labels=["queue"])
+        for name, count in sorted(depth.items()):
+            queue.add_metric([name], count)
+        yield queue
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class Metrics:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("xai_http_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.latency = Histogram("xai_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry)
+        self.jobs = Counter("xai_jobs_submitted", "Jobs accepted", ["model"], registry=self.registry)
+        self.registry.register(_StoreCollector(dispatcher))
+
+    async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        self.requests.labels(route, str(response.status_code)).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

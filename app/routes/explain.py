@@ -1,0 +1,126 @@
+"""POST /explain: images + model + methods -> a job; ?wait=S returns the result when it is quick."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ValidationError
+
+from app.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
+from app.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.dispatch import Dispatcher
+from app.errors import ApiError
+from app.routes.responses import ERRORS
+from app.validation import build_spec
+
+router = APIRouter(tags=["explain"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["images", "options"],
+    "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "options": {"type": "string", "description": "ExplainOptions as a JSON string."},
+    },
+}
+BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ExplainJSON"}},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+
+
+def _invalid(error: ValidationError, prefix: str = "") -> ApiError:
+    first = error.errors()[0]
+    field = prefix + ".".join(str(part) for part in first["loc"])
+    field = field.replace(".images.", ".images[").strip(".") or None
+    return ApiError("invalid_request", f"{field}: {first['msg']}" if field else first["msg"], field)
+
+
+async def read_body(
+    request: Request, settings_limit: int, json_type: type[BaseModel], form_type: type[BaseModel]
+) -> tuple[Any, list[bytes]]:
+    """(options, image bytes) from a JSON body with base64 ``images`` (``json_type``) or a multipart
+    upload of ``images`` files with an ``options`` JSON field (``form_type``)."""
+    content_type = request.headers.get("content-type", "")
+    length = int(request.headers.get("content-length") or 0)
+    if length > settings_limit:
+        raise ApiError("payload_too_large", f"the request has {length} bytes; the limit is {settings_limit}")
+    if content_type.startswith("application/json"):
+        body = await request.body()
+        try:
+            parsed = json_type.model_validate_json(body)
+        except ValidationError as error:
+            raise _invalid(error) from None
+        files = []
+        for index, text in enumerate(parsed.images):  # type: ignore[attr-defined]
+            try:
+                files.append(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError):
+                raise ApiError("invalid_image", f"image {index} is not valid base64", f"images[{index}]") from None
+        return parsed, files
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=64, max_fields=16)
+        uploads = form.getlist("images")
+        files = [await upload.read() for upload in uploads if hasattr(upload, "read")]
+        if len(files) != len(uploads):
+            raise ApiError("invalid_request", "images must be file uploads", "images")
+        raw = form.get("options")
+        if not isinstance(raw, str):
+            raise ApiError("invalid_request", "the form needs an 'options' field holding JSON", "options")
+        try:
+            return form_type.model_validate(json.loads(raw)), files
+        except json.JSONDecodeError as error:
+            raise ApiError("invalid_request", f"options is not JSON: {error.msg}", "options") from None
+        except ValidationError as error:
+            raise _invalid(error, "options.") from None
+    raise ApiError("unsupported_media_type", "send application/json or multipart/form-data")
+
+
+async def wait_for(dispatcher: Dispatcher, job_id: str, seconds: float) -> JobView:
+    deadline = time.monotonic() + seconds
+    while True:
+        view = await run_in_threadpool(dispatcher.store.view, job_id)
+        if view is None:
+            raise ApiError("job_not_found", f"job {job_id} expired while waiting")
+        if view.state in TERMINAL_STATES or time.monotonic() >= deadline:
+            return view
+        await asyncio.sleep(0.05)
+
+
+@router.post(
+    "/explain", response_model=JobView, status_code=202, openapi_extra=BODY, operation_id="create_explanation",
+    responses={200: {"model": JobView, "description": "Finished within ?wait"}, **ERRORS},
+)
+async def create_explanation(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    dispatcher: DispatcherDep,
+    wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result (capped by the server)."),
+) -> JobView:
+    """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
+    limit = settings.max_images * settings.max_upload_bytes * 4 // 3 + (1 << 20)
+    options, files = await read_body(request, limit, ExplainJSON, ExplainOptions)
+    spec = await run_in_threadpool(build_spec, options, files, registry, dispatcher, settings)
+    view = await run_in_threadpool(dispatcher.store.create, spec, files)
+    await run_in_threadpool(dispatcher.submit, spec)
+    request.app.state.metrics.jobs.labels(spec.model).inc()
+    if wait > 0:
+        view = await wait_for(dispatcher, spec.job_id, min(wait, settings.wait_cap_s))
+    response.headers["Location"] = f"/jobs/{spec.job_id}"
+    if view.state in TERMINAL_STATES:
+        response.status_code = 200
+    return view

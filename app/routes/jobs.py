@@ -1,0 +1,65 @@
+"""GET /jobs/{id}, DELETE /jobs/{id}, and the rendered maps of a finished job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
+
+from app.contract import TERMINAL_STATES, JobView
+from app.deps import DispatcherDep, SettingsDep
+from app.errors import ApiError
+from app.routes.responses import ERRORS
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+JobId = Path(pattern=r"^[0-9a-f]{32}$", description="The job_id POST /explain returned.")
+
+
+def _missing(job_id: str, ttl_s: int) -> ApiError:
+    return ApiError("job_not_found", f"no job {job_id}: unknown, or expired ({ttl_s} s after it was created)", "job_id")
+
+
+@router.get("/{job_id}", response_model=JobView, operation_id="get_job", responses=ERRORS)
+async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
+    """The job's state, progress, timings, and its result or error."""
+    view = await run_in_threadpool(dispatcher.store.view, job_id)
+    if view is None:
+        raise _missing(job_id, settings.result_ttl_s)
+    return view
+
+
+@router.delete(
+    "/{job_id}", response_model=JobView, status_code=202, operation_id="cancel_job",
+    responses={409: ERRORS[422] | {"description": "The job already finished"}, **ERRORS},
+)
+async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
+    """Cancel a queued job at once, or a running one at its next batch."""
+    view = await run_in_threadpool(dispatcher.store.view, job_id)
+    if view is None:
+        raise _missing(job_id, settings.result_ttl_s)
+    if view.state in TERMINAL_STATES:
+        raise ApiError("job_finished", f"job {job_id} already {view.state}", "job_id")
+    await run_in_threadpool(dispatcher.cancel, job_id)
+    return await run_in_threadpool(dispatcher.store.view, job_id) or view
+
+
+@router.get(
+    "/{job_id}/maps/{image}/{method}/{target}.png", operation_id="get_map_png",
+    response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS},
+)
+async def read_map(
+    dispatcher: DispatcherDep,
+    job_id: str = JobId,
+    image: int = Path(ge=0),
+    method: str = Path(pattern=r"^[a-z_]+$"),
+    target: int = Path(ge=0),
+    form: Literal["heatmap", "overlay"] = Query("heatmap"),
+) -> Response:
+    """A rendered map of a finished job, as PNG."""
+    png = await run_in_threadpool(dispatcher.store.png, job_id, f"{image}/{method}/{target}/{form}")
+    if png is None:
+        raise ApiError(
+            "map_not_found", f"job {job_id} has no {form} for image {image}, method {method!r}, target {target}"
+        )
+    return Response(png, media_type="image/png")

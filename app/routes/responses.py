@@ -1,0 +1,23 @@
+"""The error responses routes declare in the OpenAPI document."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from app.contract import ErrorInfo
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+ERRORS: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in [
+        (404, "Unknown model, method or job"),
+        (413, "An image or the request is too large"),
+        (415, "Neither JSON nor multipart"),
+        (422, "Invalid request; the error names the field"),
+        (503, "The job queue is full or unreachable"),
+    ]
+}

@@ -1,0 +1,58 @@
+"""Settings of the API and the workers, from environment variables prefixed ``XAI_``.
+
+One class serves both process kinds (they must agree on the broker, the model directories and
+the limits); ``get_settings()`` caches it so tests can override by clearing the cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models" / "zoo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XAI_", env_file=".env", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, description="Broker and job store, e.g. redis://redis:6379/0. Unset: jobs run in-process (embedded)."
+    )
+    model_dirs: Annotated[list[Path], NoDecode] = Field(
+        [BUNDLED_MODELS], description="Comma-separated directories holding model folders (manifest.toml each)."
+    )
+    worker_models: Annotated[list[str], NoDecode] = Field(
+        [], description="Comma-separated models a worker serves (its queues); empty: every model."
+    )
+    device: str = Field("cpu", description="Torch device of the worker: cpu, cuda, cuda:1, ...")
+    result_ttl_s: int = Field(3600, ge=10, description="How long a job and its result are kept.")
+    wait_cap_s: float = Field(30.0, ge=0, le=300, description="Upper bound of ?wait= on POST /explain.")
+    job_time_limit_s: int = Field(600, ge=10, description="A job running longer is stopped.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (decompression bombs).")
+    max_images: int = Field(16, ge=1, description="Most images in one request.")
+    max_top_k: int = Field(10, ge=1, description="Largest top-k of targets and predictions.")
+    embedded_workers: int = Field(1, ge=1, le=8, description="Threads running jobs in the embedded mode.")
+    embedded_queue: int = Field(64, ge=1, description="Most jobs waiting in the embedded mode before 503.")
+    host: str = Field("127.0.0.1", description="Address `xai serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `xai serve` binds.")
+
+    @field_validator("model_dirs", "worker_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
