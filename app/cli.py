@@ -1,8 +1,8 @@
 """``xai``: serve the API, run a worker, write the OpenAPI document.
 
-    xai serve            # the API on XAI_HOST:XAI_PORT; embedded jobs unless XAI_REDIS_URL is set
-    xai worker           # a Celery worker for XAI_WORKER_MODELS (prefork, one process)
-    xai openapi [--check]
+xai serve            # the API on XAI_HOST:XAI_PORT; embedded jobs unless XAI_REDIS_URL is set
+xai worker           # a Celery worker for XAI_WORKER_MODELS (prefork, one process)
+xai openapi [--check]
 """
 
 from __future__ import annotations
@@ -64,14 +64,20 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, log_level="info")
     else:
         _with_allocator(argv)
-        from workers.celery_app import celery, queue_of
         from models.registry import ModelRegistry
+        from workers.celery_app import celery, queue_of
 
         models = settings.worker_models or ModelRegistry(settings.model_dirs).names()
-        celery.worker_main([
-            "worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}", "--loglevel=INFO",
-            "-Q", ",".join(queue_of(model) for model in models),
-        ])
+        celery.worker_main(
+            [
+                "worker",
+                f"--pool={args.pool}",
+                f"--concurrency={args.concurrency}",
+                "--loglevel=INFO",
+                "-Q",
+                ",".join(queue_of(model) for model in models),
+            ]
+        )
 
 
 if __name__ == "__main__":

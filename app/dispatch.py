@@ -67,8 +67,12 @@ class EmbeddedDispatcher(Dispatcher):
 
     def submit(self, spec: JobSpec) -> None:
         if not self._slots.acquire(blocking=False):
-            self.store.update(spec.job_id, state="failed", finished_at=_now(),
-                              error={"code": "queue_full", "message": "too many jobs waiting"})
+            self.store.update(
+                spec.job_id,
+                state="failed",
+                finished_at=_now(),
+                error={"code": "queue_full", "message": "too many jobs waiting"},
+            )
             raise ApiError("queue_full", "too many jobs are waiting; try again later")
         self._pool.submit(self._run, spec.job_id)
 
@@ -79,11 +83,11 @@ class EmbeddedDispatcher(Dispatcher):
             self._slots.release()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        alive = not self._pool._shutdown  # noqa: SLF001 - the executor has no public flag
+        alive = not self._pool._shutdown
         return alive, {"mode": "embedded", "pool": "up" if alive else "down", "models": self.host.served}
 
     def queue_depth(self) -> dict[str, int]:
-        return {"embedded": self._capacity - self._slots._value}  # noqa: SLF001 - queued and running jobs
+        return {"embedded": self._capacity - self._slots._value}
 
     def layers(self, model: str) -> list[str] | None:
         return self.host.layers(model)
@@ -109,8 +113,12 @@ class CeleryDispatcher(Dispatcher):
         try:
             self.celery.send_task(TASK, args=[spec.job_id], queue=self._queue_of(spec.model), task_id=spec.job_id)
         except Exception as error:  # the broker is down or refused the message
-            self.store.update(spec.job_id, state="failed", finished_at=_now(),
-                              error={"code": "unavailable", "message": "the job queue is unreachable"})
+            self.store.update(
+                spec.job_id,
+                state="failed",
+                finished_at=_now(),
+                error={"code": "unavailable", "message": "the job queue is unreachable"},
+            )
             raise ApiError("unavailable", f"the job queue is unreachable: {type(error).__name__}") from None
 
     def cancel(self, job_id: str) -> None:

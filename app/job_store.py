@@ -64,8 +64,12 @@ class JobStore(ABC):
     # -- jobs --
     def create(self, spec: JobSpec, images: list[bytes]) -> JobView:
         view = JobView(
-            job_id=spec.job_id, state="queued", progress=0.0, model=spec.model,
-            methods=[m.name for m in spec.methods], created_at=time.time(),
+            job_id=spec.job_id,
+            state="queued",
+            progress=0.0,
+            model=spec.model,
+            methods=[m.name for m in spec.methods],
+            created_at=time.time(),
         )
         for index, image in enumerate(images):
             self._put(f"{_PREFIX}{spec.job_id}:image:{index}", image, self.ttl_s)

@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     errors.install(app)
 
     @app.middleware("http")
-    async def count_requests(request, call_next):  # noqa: ANN001, ANN202
+    async def count_requests(request, call_next):
         metrics = getattr(request.app.state, "metrics", None)
         return await (metrics.middleware(request, call_next) if metrics else call_next(request))
 

@@ -18,7 +18,7 @@ class _StoreCollector:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
-    def collect(self):  # noqa: ANN201 - prometheus_client's protocol
+    def collect(self):
         try:
             sums, buckets = self.dispatcher.store.durations()
             failures = self.dispatcher.store.failures()
@@ -59,7 +59,6 @@ class Metrics:
         self.requests.labels(route, str(response.status_code)).inc()
         self.latency.labels(route).observe(time.perf_counter() - started)
         return response
-
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -29,7 +29,9 @@ def check_methods(calls: list[MethodCall], manifest: Manifest, dispatcher: Dispa
     for index, call in enumerate(calls):
         spec = METHODS.get(call.name)
         if spec is None:
-            raise ApiError("unknown_method", f"unknown method {call.name!r}; see GET /methods", f"methods[{index}].name")
+            raise ApiError(
+                "unknown_method", f"unknown method {call.name!r}; see GET /methods", f"methods[{index}].name"
+            )
         if call.name in seen:
             raise ApiError("invalid_parameter", f"method {call.name!r} is asked for twice", f"methods[{index}].name")
         seen.add(call.name)
@@ -42,7 +44,8 @@ def check_methods(calls: list[MethodCall], manifest: Manifest, dispatcher: Dispa
             raise ApiError("invalid_parameter", f"{field}: {first['msg']}", field) from None
         if spec.needs_ood_head and manifest.ood_head is None:
             raise ApiError(
-                "no_ood_head", f"method {call.name!r} needs an OoD head, which model {manifest.name!r} lacks",
+                "no_ood_head",
+                f"method {call.name!r} needs an OoD head, which model {manifest.name!r} lacks",
                 f"methods[{index}].name",
             )
         layer = getattr(params, "layer", None)
@@ -50,8 +53,9 @@ def check_methods(calls: list[MethodCall], manifest: Manifest, dispatcher: Dispa
             known = dispatcher.layers(manifest.name)
             if known is not None and layer not in known:
                 raise ApiError(
-                    "unknown_layer", f"layer {layer!r} is not a spatial layer of {manifest.name!r} (see GET /models/"
-                    f"{manifest.name})", f"methods[{index}].params.layer",
+                    "unknown_layer",
+                    f"layer {layer!r} is not a spatial layer of {manifest.name!r} (see GET /models/{manifest.name})",
+                    f"methods[{index}].params.layer",
                 )
         checked.append(MethodCall(name=call.name, params=params.model_dump(mode="json")))
     return checked
@@ -69,9 +73,7 @@ def resolve_targets(
             raise ApiError("invalid_parameter", f"top_k must be <= {limit}", "targets.top_k")
         return None, targets.top_k
     if len(targets) != image_count:
-        raise ApiError(
-            "invalid_parameter", f"targets has {len(targets)} entries for {image_count} images", "targets"
-        )
+        raise ApiError("invalid_parameter", f"targets has {len(targets)} entries for {image_count} images", "targets")
     resolved = []
     for index, entry in enumerate(targets):
         ids = [entry] if isinstance(entry, int) else entry
@@ -98,26 +100,41 @@ def decode_all(files: list[bytes], settings: Settings) -> list[tuple[int, int]]:
     for index, data in enumerate(files):
         if len(data) > settings.max_upload_bytes:
             raise ApiError(
-                "payload_too_large", f"image {index} has {len(data)} bytes; the limit is {settings.max_upload_bytes}",
+                "payload_too_large",
+                f"image {index} has {len(data)} bytes; the limit is {settings.max_upload_bytes}",
                 f"images[{index}]",
             )
         try:
-            sizes.append(decode_image(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels).size)
+            sizes.append(
+                decode_image(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels).size
+            )
         except ImageRejected as error:
             raise ApiError("invalid_image", f"image {index}: {error}", f"images[{index}]") from None
     return sizes
 
 
 def build_spec(
-    options: ExplainOptions, files: list[bytes], registry: ModelRegistry, dispatcher: Dispatcher, settings: Settings,
-    *, allow_no_methods: bool = False,
+    options: ExplainOptions,
+    files: list[bytes],
+    registry: ModelRegistry,
+    dispatcher: Dispatcher,
+    settings: Settings,
+    *,
+    allow_no_methods: bool = False,
 ) -> JobSpec:
     manifest = manifest_of(registry, options.model)
     methods = check_methods(options.methods, manifest, dispatcher)
     sizes = decode_all(files, settings)
     targets, top_k = resolve_targets(options.targets, manifest, len(files), settings)
     return JobSpec(
-        job_id=uuid.uuid4().hex, model=manifest.name, methods=methods, targets=targets, top_k=top_k,
-        outputs=list(dict.fromkeys(options.outputs)), render=options.render, seed=options.seed,
-        image_count=len(files), image_sizes=sizes,
+        job_id=uuid.uuid4().hex,
+        model=manifest.name,
+        methods=methods,
+        targets=targets,
+        top_k=top_k,
+        outputs=list(dict.fromkeys(options.outputs)),
+        render=options.render,
+        seed=options.seed,
+        image_count=len(files),
+        image_sizes=sizes,
     )

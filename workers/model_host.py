@@ -48,7 +48,9 @@ class ModelHost:
         path = manifest.path(manifest.ood_head.file)
         found = sha256_of(path)
         if found != manifest.ood_head.sha256:
-            raise WeightsError(f"model {manifest.name!r}: OoD head {path} has SHA-256 {found}, expected {manifest.ood_head.sha256}")
+            raise WeightsError(
+                f"model {manifest.name!r}: OoD head {path} has SHA-256 {found}, expected {manifest.ood_head.sha256}"
+            )
         network = self.network(manifest.name)
         ood = OoDNet(network, manifest.num_classes).load(path).to(self.device)
         ood.set_train(False)
@@ -66,7 +68,7 @@ class ModelHost:
         height, width = self.manifest(name).preprocessing.size
         calls: dict[str, list[int]] = {}
 
-        def recorder(module_name: str):  # noqa: ANN202
+        def recorder(module_name: str):
             def record(module: nn.Module, args: tuple, output: object) -> None:
                 calls.setdefault(module_name, []).append(output.dim() if isinstance(output, torch.Tensor) else 0)
 

@@ -108,8 +108,9 @@ def _run(spec: JobSpec, store: JobStore, host: ModelHost, timings: dict[str, flo
             timings[call.name] = (time.perf_counter() - started) * 1000
             for image, photo in enumerate(photos):
                 for column, target in enumerate(targets[image]):
-                    maps[image].append(_render(store, spec, manifest, photo, image, call.name, target,
-                                               saliency[image][column]))
+                    maps[image].append(
+                        _render(store, spec, manifest, photo, image, call.name, target, saliency[image][column])
+                    )
     images = [
         ImageResult(
             index=image,
@@ -182,7 +183,9 @@ def _explain(
     params = method.params.model_validate(raw_params)
     try:
         explainer = _explainer(method, params, network, host, spec, field)
-        groups = [list(range(len(targets)))] if len({len(t) for t in targets}) == 1 else [[i] for i in range(len(targets))]
+        groups = (
+            [list(range(len(targets)))] if len({len(t) for t in targets}) == 1 else [[i] for i in range(len(targets))]
+        )
         out: list[torch.Tensor] = [torch.empty(0)] * len(targets)
         for number, rows in enumerate(groups):
             kwargs = {"progress": _scaled(report, number, len(groups))} if method.perturbation else {}
@@ -201,8 +204,16 @@ def _scaled(report: Callable[[float], None], number: int, count: int) -> Callabl
     return lambda fraction: report((number + fraction) / count)
 
 
-def _render(store: JobStore, spec: JobSpec, manifest: Any, photo: Image.Image, image: int, method: str,
-            target: int, saliency: torch.Tensor) -> MapResult:
+def _render(
+    store: JobStore,
+    spec: JobSpec,
+    manifest: Any,
+    photo: Image.Image,
+    image: int,
+    method: str,
+    target: int,
+    saliency: torch.Tensor,
+) -> MapResult:
     values = saliency.numpy()
     result = MapResult(method=method, target=target, label=manifest.labels[target])
     options = spec.render
@@ -211,14 +222,21 @@ def _render(store: JobStore, spec: JobSpec, manifest: Any, photo: Image.Image, i
         half = values.astype("<f2")
         result.raw = RawMap(shape=values.shape, data=base64.b64encode(half.tobytes()).decode())
     if "heatmap" in spec.outputs:
-        picture = heatmap(values, colormap=options.colormap, polarity=options.polarity,
-                          clip_percentile=options.clip_percentile)
+        picture = heatmap(
+            values, colormap=options.colormap, polarity=options.polarity, clip_percentile=options.clip_percentile
+        )
         store.put_png(spec.job_id, f"{image}/{method}/{target}/heatmap", png_bytes(picture))
         result.heatmap_url = base
     if "overlay" in spec.outputs:
         on_photo = map_to_photo(values, photo.size, manifest.preprocessing)
-        picture = overlay(on_photo, photo, alpha=options.alpha, colormap=options.colormap,
-                          polarity=options.polarity, clip_percentile=options.clip_percentile)
+        picture = overlay(
+            on_photo,
+            photo,
+            alpha=options.alpha,
+            colormap=options.colormap,
+            polarity=options.polarity,
+            clip_percentile=options.clip_percentile,
+        )
         store.put_png(spec.job_id, f"{image}/{method}/{target}/overlay", png_bytes(picture))
         result.overlay_url = f"{base}?form=overlay"
     return result

@@ -33,7 +33,7 @@ class ModelTask(Task):
         return RedisJobStore(settings.redis_url or "redis://127.0.0.1:6379/0", settings.result_ttl_s)
 
     @cached_property
-    def host(self):  # noqa: ANN201 - torch is imported only here, in the worker
+    def host(self):
         from workers.model_host import ModelHost
 
         settings = get_settings()

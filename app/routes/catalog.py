@@ -48,9 +48,13 @@ class MethodInfo(BaseModel):
 
 def _summary(manifest: Manifest) -> dict[str, Any]:
     return {
-        "name": manifest.name, "version": manifest.version, "description": manifest.description,
-        "num_classes": manifest.num_classes, "input_size": manifest.preprocessing.size,
-        "gradcam_layer": manifest.gradcam_layer, "has_ood_head": manifest.ood_head is not None,
+        "name": manifest.name,
+        "version": manifest.version,
+        "description": manifest.description,
+        "num_classes": manifest.num_classes,
+        "input_size": manifest.preprocessing.size,
+        "gradcam_layer": manifest.gradcam_layer,
+        "has_ood_head": manifest.ood_head is not None,
     }
 
 
@@ -65,7 +69,9 @@ async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep
     manifest = manifest_of(registry, name, "name")
     layers = await run_in_threadpool(dispatcher.layers, manifest.name)
     return ModelDetail(
-        **_summary(manifest), labels=list(manifest.labels), layers=layers,
+        **_summary(manifest),
+        labels=list(manifest.labels),
+        layers=layers,
         preprocessing=manifest.preprocessing.model_dump(mode="json"),
     )
 

@@ -100,7 +100,11 @@ async def wait_for(dispatcher: Dispatcher, job_id: str, seconds: float) -> JobVi
 
 
 @router.post(
-    "/explain", response_model=JobView, status_code=202, openapi_extra=BODY, operation_id="create_explanation",
+    "/explain",
+    response_model=JobView,
+    status_code=202,
+    openapi_extra=BODY,
+    operation_id="create_explanation",
     responses={200: {"model": JobView, "description": "Finished within ?wait"}, **ERRORS},
 )
 async def create_explanation(

@@ -27,8 +27,9 @@ async def readyz(dispatcher: DispatcherDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", operation_id="metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics", operation_id="metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     text, content_type = await run_in_threadpool(request.app.state.metrics.render)

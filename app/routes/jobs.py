@@ -30,7 +30,10 @@ async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str
 
 
 @router.delete(
-    "/{job_id}", response_model=JobView, status_code=202, operation_id="cancel_job",
+    "/{job_id}",
+    response_model=JobView,
+    status_code=202,
+    operation_id="cancel_job",
     responses={409: ERRORS[422] | {"description": "The job already finished"}, **ERRORS},
 )
 async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
@@ -45,8 +48,10 @@ async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: s
 
 
 @router.get(
-    "/{job_id}/maps/{image}/{method}/{target}.png", operation_id="get_map_png",
-    response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    "/{job_id}/maps/{image}/{method}/{target}.png",
+    operation_id="get_map_png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **ERRORS},
 )
 async def read_map(
     dispatcher: DispatcherDep,

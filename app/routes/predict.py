@@ -32,12 +32,28 @@ class Predictions(BaseModel):
 
 
 @router.post(
-    "/predict", response_model=Predictions, operation_id="predict", responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSON"}},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["images", "options"], "properties": {
-            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "options": {"type": "string", "description": "PredictOptions as a JSON string."}}}}}}},
+    "/predict",
+    response_model=Predictions,
+    operation_id="predict",
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSON"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["images", "options"],
+                        "properties": {
+                            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "options": {"type": "string", "description": "PredictOptions as a JSON string."},
+                        },
+                    }
+                },
+            },
+        }
+    },
 )
 async def predict(
     request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep

@@ -1,0 +1,193 @@
+"""Real parts for the service tests: a redis-server on a free port, a Celery worker process, the API
+served by uvicorn in a subprocess — in both modes (embedded, and Celery over Redis)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not on PATH; install Redis (apt install redis-server)")
+    return found
+
+
+class RedisServer:
+    """A throwaway redis-server the tests may stop and start again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: _pings(client), 10, "redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_until(check, timeout: float, message: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(message)
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XAI_")}
+    env.update({f"XAI_{key.upper()}": value for key, value in settings.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Process:
+    """A subprocess of ours whose output goes to a log file (shown when a test fails to start it)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.handle = log.open("w")
+        self.process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.handle.close()
+
+
+def start_api(tmp: Path, name: str, **settings: str) -> tuple[Process, str]:
+    port = free_port()
+    process = Process(
+        [sys.executable, "-m", "app.cli", "serve"], service_env(port=str(port), **settings), tmp / f"{name}.log"
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"the API exited:\n{process.tail()}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(healthy, 90, f"the API did not start:\n{process.tail}")
+    return process, base
+
+
+def start_worker(tmp: Path, name: str, redis_url: str, **settings: str) -> Process:
+    worker = Process(
+        [sys.executable, "-m", "app.cli", "worker"], service_env(redis_url=redis_url, **settings), tmp / f"{name}.log"
+    )
+    client = redis.Redis.from_url(redis_url)
+
+    def beating() -> bool:
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+        return any(True for _ in client.scan_iter(match="xai:worker:*"))
+
+    wait_until(beating, 120, "the worker sent no heartbeat")
+    return worker
+
+
+@pytest.fixture(scope="session")
+def service_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="session")
+def redis_server(service_tmp: Path) -> Iterator[RedisServer]:
+    server = RedisServer(service_tmp)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_api(service_tmp: Path, redis_server: RedisServer) -> Iterator[str]:
+    worker = start_worker(service_tmp, "worker", redis_server.url)
+    api, base = start_api(service_tmp, "api-celery", redis_url=redis_server.url)
+    yield base
+    api.stop()
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_api(service_tmp: Path) -> Iterator[str]:
+    api, base = start_api(service_tmp, "api-embedded")
+    yield base
+    api.stop()
+
+
+@pytest.fixture(scope="session", params=["embedded", "celery"])
+def api(request: pytest.FixtureRequest) -> str:
+    """The base URL of a running API, in each mode."""
+    return request.getfixturevalue(f"{request.param}_api")
+
+
+@pytest.fixture
+def client(api: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api, timeout=60) as http:
+        yield http
