@@ -52,12 +52,27 @@ def error_body(code: str, message: str, field: str | None = None) -> dict:
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def _field_path(location: tuple) -> str | None:
-    parts = [str(part) for part in location if part not in ("body", "query", "path", "form")]
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
+def field_path(location: tuple | list, prefix: str = "") -> str | None:
+    """A pydantic error location as a field path: ``methods[0].params.steps``.
+
+    Where the request reached it, the transport (body, query) and union branch tags
+    (``TopK``, ``list[int]``) are left out.
+    """
+    path = prefix
+    for part in location:
+        text = str(part)
+        if text in ("body", "query", "path", "form") or "[" in text or text[:1].isupper():
+            continue
+        path += f"[{text}]" if isinstance(part, int) or text.isdigit() else (f".{text}" if path else text)
     return path or None
+
+
+def first_error(errors: list[dict], prefix: str = "") -> tuple[str | None, str]:
+    """(field, message) of the most specific of pydantic's errors (the deepest location)."""
+    best = max(errors, key=lambda error: len(field_path(error.get("loc", ())) or ""))
+    field = field_path(best.get("loc", ()), prefix)
+    message = best.get("msg", "invalid value")
+    return field, f"{field}: {message}" if field else message
 
 
 def install(app: FastAPI) -> None:
@@ -67,10 +82,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        field = _field_path(tuple(first.get("loc", ())))
-        message = first.get("msg", "invalid request")
-        return JSONResponse(error_body("invalid_request", f"{field}: {message}" if field else message, field), 422)
+        field, message = first_error(list(error.errors()))
+        return JSONResponse(error_body("invalid_request", message, field), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

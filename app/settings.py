@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         [], description="Comma-separated models a worker serves (its queues); empty: every model."
     )
     device: str = Field("cpu", description="Torch device of the worker: cpu, cuda, cuda:1, ...")
-    result_ttl_s: int = Field(3600, ge=10, description="How long a job and its result are kept.")
+    result_ttl_s: int = Field(3600, ge=1, description="How long a job and its result are kept.")
     wait_cap_s: float = Field(30.0, ge=0, le=300, description="Upper bound of ?wait= on POST /explain.")
     job_time_limit_s: int = Field(600, ge=10, description="A job running longer is stopped.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted image file.")

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from app.contract import ExplainOptions, JobSpec, MethodCall, TopK
 from app.dispatch import Dispatcher
-from app.errors import ApiError
+from app.errors import ApiError, first_error
 from app.images import ImageRejected, decode_image
 from app.settings import Settings
 from models.manifest import Manifest, UnknownModelError
@@ -38,10 +38,8 @@ def check_methods(calls: list[MethodCall], manifest: Manifest, dispatcher: Dispa
         try:
             params = spec.params.model_validate(call.params)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            field = f"methods[{index}].params" + (f".{where}" if where else "")
-            raise ApiError("invalid_parameter", f"{field}: {first['msg']}", field) from None
+            field, message = first_error(error.errors(), f"methods[{index}].params")
+            raise ApiError("invalid_parameter", message, field) from None
         if spec.needs_ood_head and manifest.ood_head is None:
             raise ApiError(
                 "no_ood_head",

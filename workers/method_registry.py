@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 MAX_MASKS = 20_000  # a request's RISE masks; the library itself allows more
 
@@ -47,8 +47,10 @@ class SmoothGradParams(Params):
 
 
 class OcclusionParams(Params):
-    window: tuple[int, int] | None = Field(None, description="(height, width); default: input size / 32 per side.")
-    strides: tuple[int, int] | None = Field(None, description="(height, width); default: the window.")
+    window: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="(height, width); default: input size / 32 per side."
+    )
+    strides: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(height, width); default: the window.")
     reference: float = Field(0.0, ge=-1e3, le=1e3, description="Value of occluded pixels, in input units.")
 
 

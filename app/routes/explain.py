@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from app.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.dispatch import Dispatcher
-from app.errors import ApiError
+from app.errors import ApiError, first_error
 from app.routes.responses import ERRORS
 from app.validation import build_spec
 
@@ -42,10 +42,8 @@ BODY = {
 
 
 def _invalid(error: ValidationError, prefix: str = "") -> ApiError:
-    first = error.errors()[0]
-    field = prefix + ".".join(str(part) for part in first["loc"])
-    field = field.replace(".images.", ".images[").strip(".") or None
-    return ApiError("invalid_request", f"{field}: {first['msg']}" if field else first["msg"], field)
+    field, message = first_error(error.errors(), prefix)
+    return ApiError("invalid_request", message, field)
 
 
 async def read_body(
@@ -84,7 +82,7 @@ async def read_body(
         except json.JSONDecodeError as error:
             raise ApiError("invalid_request", f"options is not JSON: {error.msg}", "options") from None
         except ValidationError as error:
-            raise _invalid(error, "options.") from None
+            raise _invalid(error, "options") from None
     raise ApiError("unsupported_media_type", "send application/json or multipart/form-data")
 
 
