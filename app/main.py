@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app import errors
+from app.contract import ExplainJSON
 from app.dispatch import Dispatcher, make_dispatcher
 from app.metrics import Metrics
 from app.routes import catalog, explain, health, jobs, predict
+from app.routes.predict import PredictJSON
 from app.settings import Settings, get_settings
 from models.registry import ModelRegistry
 
@@ -45,4 +48,18 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     for module in (explain, jobs, predict, catalog, health):
         app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document, plus the body schemas the multi-content-type routes refer to."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ExplainJSON, PredictJSON):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -51,7 +51,7 @@ async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: s
     "/{job_id}/maps/{image}/{method}/{target}.png",
     operation_id="get_map_png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **ERRORS},
 )
 async def read_map(
     dispatcher: DispatcherDep,
