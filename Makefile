@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 
-.PHONY: install run test lint bench
+.PHONY: install run maps openapi test lint bench
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -16,7 +16,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 run: install
+	$(VENV)/bin/xai serve
+
+maps: install
 	$(PY) -m workers.explain_photo --out out/maps
+
+openapi: install
+	$(VENV)/bin/xai openapi
 
 lint: install
 	$(PY) -m ruff check .
