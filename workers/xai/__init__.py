@@ -6,6 +6,7 @@ Pure PyTorch: no service code. Every explainer is built from the network and cal
 
 from ._activation_rules import RectifierTape
 from ._base import Explainer
+from ._perturbation import PerturbationExplainer
 from .deconvolution import Deconvolution
 from .gradcam import GradCAM
 from .gradient import Gradient
@@ -14,9 +15,14 @@ from .guided_gradcam import GuidedGradCAM
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .layer_gradient_x_activation import LayerGradientXActivation
+from .occlusion import Occlusion
+from .ood_net import OoDNet
+from .rise import RISE
+from .rise_plus import RISEPlus
 from .smoothgrad import SmoothGrad
 
 __all__ = [
+    "RISE",
     "Deconvolution",
     "Explainer",
     "GradCAM",
@@ -26,6 +32,10 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "LayerGradientXActivation",
+    "Occlusion",
+    "OoDNet",
+    "PerturbationExplainer",
+    "RISEPlus",
     "RectifierTape",
     "SmoothGrad",
 ]
