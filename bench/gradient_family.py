@@ -38,7 +38,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from bench.timing import allocator_setting, forward_backward, machine, median_ms
+from bench.timing import allocator_setting, forward_backward, frozen, machine, median_ms
 from models.lenet5 import LeNet5
 from models.registry import ModelRegistry
 from workers.xai import (
@@ -177,12 +177,6 @@ def report(title: str, rows: list[Case], repeats: int) -> None:
         t_captum = median_ms(captum, repeats)
         ratios = f"{t_ours / t_bare:.2f} | {t_captum / t_ours:.2f}"
         print(f"| {name} | {t_ours:.1f} | {t_captum:.1f} | {t_bare:.1f} | {ratios} |", flush=True)
-
-
-def frozen(network: nn.Module) -> nn.Module:
-    for param in network.parameters():
-        param.requires_grad_(False)
-    return network.eval()
 
 
 def main() -> None:

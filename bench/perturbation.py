@@ -27,7 +27,7 @@ import torch
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
-from bench.timing import allocator_setting, machine, median_ms
+from bench.timing import allocator_setting, frozen, machine, median_ms
 from models.lenet5 import LeNet5
 from models.registry import ModelRegistry
 from workers.xai import RISE, Occlusion, OoDNet, RISEPlus
@@ -164,12 +164,6 @@ def rise_plus_table(network: LeNet5, x: torch.Tensor, masks: int, repeats: int) 
     one = median_ms(lambda: shared(x, 1), repeats, warmup=1)
     two = median_ms(lambda: fallback(x, 1), repeats, warmup=1)
     print(f"| LeNet5 32x32 | {masks} | {one:.0f} | {two:.0f} | {two / one:.2f} |", flush=True)
-
-
-def frozen(network: nn.Module) -> nn.Module:
-    for param in network.parameters():
-        param.requires_grad_(False)
-    return network.eval()
 
 
 def main() -> None:

@@ -50,3 +50,10 @@ def forward_only(network: nn.Module, inputs: torch.Tensor) -> Callable[[], objec
 
 def machine() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+
+
+def frozen(network: nn.Module) -> nn.Module:
+    """Eval mode and no parameter gradients: the state our explainers put a network in, for all sides."""
+    for param in network.parameters():
+        param.requires_grad_(False)
+    return network.eval()

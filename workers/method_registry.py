@@ -71,6 +71,16 @@ def _layer(params: Any, layer: str, seed: int | None) -> dict[str, Any]:
     return {"layer": layer if params.layer is None else params.layer}
 
 
+def _rise_kwargs(params: Any, layer: str, seed: int | None) -> dict[str, Any]:
+    """RISE and RISEPlus; without a request seed, seed 0 (the same masks every time)."""
+    return {
+        "num_masks": params.num_masks,
+        "num_cells": params.num_cells,
+        "keep_probability": params.keep_probability,
+        "seed": seed or 0,
+    }
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -183,12 +193,7 @@ METHODS: dict[str, MethodSpec] = {
             "Probabilities under random masks, averaged with the masks as weights.",
             "workers.xai:RISE",
             RISEParams,
-            lambda p, layer, seed: {
-                "num_masks": p.num_masks,
-                "num_cells": p.num_cells,
-                "keep_probability": p.keep_probability,
-                "seed": seed or 0,
-            },
+            _rise_kwargs,
             perturbation=True,
             stochastic=True,
         ),
@@ -198,12 +203,7 @@ METHODS: dict[str, MethodSpec] = {
             "RISE with each mask weighted by how in-distribution the masked image is.",
             "workers.xai:RISEPlus",
             RISEParams,
-            lambda p, layer, seed: {
-                "num_masks": p.num_masks,
-                "num_cells": p.num_cells,
-                "keep_probability": p.keep_probability,
-                "seed": seed or 0,
-            },
+            _rise_kwargs,
             needs_ood_head=True,
             perturbation=True,
             stochastic=True,
