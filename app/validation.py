@@ -117,8 +117,6 @@ def build_spec(
     registry: ModelRegistry,
     dispatcher: Dispatcher,
     settings: Settings,
-    *,
-    allow_no_methods: bool = False,
 ) -> JobSpec:
     manifest = manifest_of(registry, options.model)
     methods = check_methods(options.methods, manifest, dispatcher)

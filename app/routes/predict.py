@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.contract import ExplainOptions, ImageResult, MethodCall, TopK
+from app.contract import ImageResult, JobSpec, RenderOptions
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.errors import ApiError
 from app.routes.explain import read_body, wait_for
 from app.routes.responses import ERRORS
-from app.validation import build_spec
+from app.validation import decode_all, manifest_of
 
 router = APIRouter(tags=["predict"])
 
@@ -19,7 +21,7 @@ router = APIRouter(tags=["predict"])
 class PredictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(examples=["lenet5-shapes"])
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=1, le=1000, description="Classes listed per image (at least 5).")
 
 
 class PredictJSON(PredictOptions):
@@ -61,9 +63,18 @@ async def predict(
     """Classify: the top-k labels with probabilities, and the OoD score where the model has a head."""
     limit = settings.max_images * settings.max_upload_bytes * 4 // 3 + (1 << 20)
     options, files = await read_body(request, limit, PredictJSON, PredictOptions)
-    placeholder = ExplainOptions(model=options.model, methods=[MethodCall(name="gradient")], targets=TopK(top_k=1))
-    spec = await run_in_threadpool(build_spec, placeholder, files, registry, dispatcher, settings)
-    spec = spec.model_copy(update={"methods": [], "top_k": min(options.top_k, settings.max_top_k)})
+    manifest = manifest_of(registry, options.model)
+    sizes = await run_in_threadpool(decode_all, files, settings)
+    spec = JobSpec(
+        job_id=uuid.uuid4().hex,
+        model=manifest.name,
+        methods=[],
+        top_k=min(options.top_k, manifest.num_classes),
+        outputs=["raw"],
+        render=RenderOptions(),
+        image_count=len(files),
+        image_sizes=sizes,
+    )
     await run_in_threadpool(dispatcher.store.create, spec, files)
     await run_in_threadpool(dispatcher.submit, spec)
     view = await wait_for(dispatcher, spec.job_id, settings.wait_cap_s)
