@@ -1,0 +1,47 @@
+"""What a worker process holds: networks, OoD heads (verified), the layers layer methods may use."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+
+from models.manifest import WeightsError
+from models.registry import BUNDLED, ModelRegistry
+from workers.model_host import ModelHost
+from workers.train_ood import auroc
+
+
+def test_layers_are_the_spatial_modules_that_run_once():
+    host = ModelHost(ModelRegistry())
+    assert host.layers("lenet5-shapes") == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2"]
+    layers = host.layers("efficientnet-lite0")
+    assert "_blocks.15" in layers and "_conv_head" in layers
+    assert "_swish" not in layers and "_blocks.3._swish" not in layers  # called more than once
+
+
+def test_the_committed_ood_head_loads_onto_the_served_classifier():
+    host = ModelHost(ModelRegistry())
+    ood = host.ood_net("lenet5-shapes")
+    assert ood is not None and ood.underlying is host.network("lenet5-shapes")
+    assert host.ood_net("efficientnet-lite0") is None
+    scores = ood.ood_score(torch.randn(4, 3, 32, 32))
+    assert scores.shape == (4,) and bool((scores.abs() <= 1 + 1e-6).all())
+
+
+def test_an_ood_head_with_the_wrong_hash_is_refused(tmp_path):
+    folder = tmp_path / "lenet"
+    shutil.copytree(BUNDLED / "lenet5-shapes", folder)
+    manifest = folder / "manifest.toml"
+    text = manifest.read_text()
+    manifest.write_text(re.sub(r'(\[ood_head\][^\[]*sha256 = ")[0-9a-f]{64}', r"\g<1>" + "1" * 64, text))
+    with pytest.raises(WeightsError, match="OoD head"):
+        ModelHost(ModelRegistry([folder])).ood_net("lenet5-shapes")
+
+
+def test_auroc():
+    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    assert auroc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0])) == 0.5
