@@ -22,6 +22,7 @@ from models.registry import ModelRegistry
 from models.shapes import generate
 from models.train_shapes import TEST_SEED
 from workers.xai import (
+    RISE,
     Deconvolution,
     GradCAM,
     Gradient,
@@ -29,6 +30,8 @@ from workers.xai import (
     GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    Occlusion,
+    RISEPlus,
     SmoothGrad,
 )
 
@@ -61,9 +64,22 @@ def methods(network: nn.Module, layer: str) -> dict[str, Callable[[torch.Tensor,
     }
 
 
+def perturbation_methods(network: nn.Module, ood: nn.Module | None) -> dict[str, Callable]:
+    """Run on --perturbation-count images (RISE is K forward passes per image)."""
+    softmax = nn.Softmax(dim=1)
+    found: dict[str, Callable] = {
+        "occlusion (3x3, stride 1)": Occlusion(network, softmax),
+        "rise (4,000 masks)": RISE(network, softmax, num_masks=4000),
+    }
+    if ood is not None:
+        found["rise_plus (4,000 masks)"] = RISEPlus(ood, network, softmax, num_masks=4000)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--perturbation-count", type=int, default=500)
     args = parser.parse_args()
     registry = ModelRegistry()
     network, manifest = registry.network("lenet5-shapes"), registry.manifest("lenet5-shapes")
@@ -86,6 +102,13 @@ def main() -> None:
             [explainer(inputs[i : i + 100], labels[i : i + 100])[:, 0] for i in range(0, len(inputs), 100)]
         )
         print(f"| {name} | {hits(maps, masks).float().mean():.3f} |", flush=True)
+    from workers.model_host import ModelHost
+
+    ood = ModelHost(registry).ood_net("lenet5-shapes")
+    count = min(args.perturbation_count, len(inputs))
+    for name, explainer in perturbation_methods(network, ood).items():
+        maps = torch.cat([explainer(inputs[i : i + 50], labels[i : i + 50])[:, 0] for i in range(0, count, 50)])
+        print(f"| {name}, first {count} images | {hits(maps, masks[:count]).float().mean():.3f} |", flush=True)
 
 
 if __name__ == "__main__":
