@@ -19,6 +19,7 @@ from models.preprocessing import map_to_photo, preprocess, to_rgb
 from models.registry import ModelRegistry
 from workers.render import heatmap, overlay
 from workers.xai import (
+    RISE,
     Deconvolution,
     GradCAM,
     Gradient,
@@ -26,6 +27,7 @@ from workers.xai import (
     GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    Occlusion,
     SmoothGrad,
 )
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         "smoothgrad": SmoothGrad(network, samples=16, seed=0, internal_batch_size=16),
         "gradcam": GradCAM(network, layer=layer),
         "guided_gradcam": GuidedGradCAM(network, layer=layer),
+        "occlusion": Occlusion(network, torch.nn.Softmax(dim=1), window=14, strides=14),
+        "rise": RISE(network, torch.nn.Softmax(dim=1), num_masks=1000, seed=0),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for name, explainer in explainers.items():
