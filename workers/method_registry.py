@@ -93,6 +93,7 @@ class MethodSpec:
     needs_ood_head: bool = False
     perturbation: bool = False  # built with activation_fn (softmax), reports progress per batch
     stochastic: bool = False  # takes the request's seed
+    layer_shaped: bool = False  # returns the layer's (N, L, K, h, w): summed over K and upsampled for a map
     tags: tuple[str, ...] = field(default=())
 
 
@@ -177,6 +178,7 @@ METHODS: dict[str, MethodSpec] = {
                 "attribute_to_layer_input": p.attribute_to_layer_input,
             },
             uses_layer=True,
+            layer_shaped=True,
         ),
         MethodSpec(
             "occlusion",

@@ -190,7 +190,7 @@ def _explain(
         for number, rows in enumerate(groups):
             kwargs = {"progress": _scaled(report, number, len(groups))} if method.perturbation else {}
             maps = explainer(inputs[rows], torch.tensor([targets[i] for i in rows], device=inputs.device), **kwargs)
-            if method.name == "layer_gradient_x_activation":
+            if method.layer_shaped:
                 maps = F.interpolate(maps.sum(dim=2), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
             for position, image in enumerate(rows):
                 out[image] = maps[position].float().cpu()
