@@ -59,8 +59,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(client), 10, "redis-server did not start")
+        with redis.Redis.from_url(self.url) as client:
+            wait_until(lambda: _pings(client), 10, "redis-server did not start")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -141,14 +141,14 @@ def start_worker(tmp: Path, name: str, redis_url: str, **settings: str) -> Proce
     worker = Process(
         [sys.executable, "-m", "app.cli", "worker"], service_env(redis_url=redis_url, **settings), tmp / f"{name}.log"
     )
-    client = redis.Redis.from_url(redis_url)
+    with redis.Redis.from_url(redis_url) as client:
 
-    def beating() -> bool:
-        if not worker.alive():
-            raise RuntimeError(f"the worker exited:\n{worker.tail()}")
-        return any(True for _ in client.scan_iter(match="xai:worker:*"))
+        def beating() -> bool:
+            if not worker.alive():
+                raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+            return any(True for _ in client.scan_iter(match="xai:worker:*"))
 
-    wait_until(beating, 120, "the worker sent no heartbeat")
+        wait_until(beating, 120, "the worker sent no heartbeat")
     return worker
 
 
