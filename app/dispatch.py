@@ -8,6 +8,7 @@ worker code when it is created, and only in that mode.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +29,7 @@ class Dispatcher(ABC):
     def cancel(self, job_id: str) -> None:
         """Cancel now if queued; ask the worker to stop between batches if running."""
         self.store.request_cancel(job_id)
-        self.store.update(job_id, state="cancelled", only_from={"queued"}, finished_at=_now())
+        self.store.update(job_id, state="cancelled", only_from={"queued"}, finished_at=time.time())
 
     @abstractmethod
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
@@ -42,12 +43,6 @@ class Dispatcher(ABC):
 
     def close(self) -> None:
         return None
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 class EmbeddedDispatcher(Dispatcher):
@@ -70,7 +65,7 @@ class EmbeddedDispatcher(Dispatcher):
             self.store.update(
                 spec.job_id,
                 state="failed",
-                finished_at=_now(),
+                finished_at=time.time(),
                 error={"code": "queue_full", "message": "too many jobs waiting"},
             )
             raise ApiError("queue_full", "too many jobs are waiting; try again later")
@@ -116,7 +111,7 @@ class CeleryDispatcher(Dispatcher):
             self.store.update(
                 spec.job_id,
                 state="failed",
-                finished_at=_now(),
+                finished_at=time.time(),
                 error={"code": "unavailable", "message": "the job queue is unreachable"},
             )
             raise ApiError("unavailable", f"the job queue is unreachable: {type(error).__name__}") from None

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def max_request_bytes(self) -> int:
+        """The most a request body may hold: every image at the limit, base64-encoded, plus 1 MiB."""
+        return self.max_images * self.max_upload_bytes * 4 // 3 + (1 << 20)
+
+    @property
     def embedded(self) -> bool:
         return not self.redis_url
 

@@ -114,8 +114,7 @@ async def create_explanation(
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result (capped by the server)."),
 ) -> JobView:
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
-    limit = settings.max_images * settings.max_upload_bytes * 4 // 3 + (1 << 20)
-    options, files = await read_body(request, limit, ExplainJSON, ExplainOptions)
+    options, files = await read_body(request, settings.max_request_bytes, ExplainJSON, ExplainOptions)
     spec = await run_in_threadpool(build_spec, options, files, registry, dispatcher, settings)
     view = await run_in_threadpool(dispatcher.store.create, spec, files)
     await run_in_threadpool(dispatcher.submit, spec)

@@ -61,8 +61,7 @@ async def predict(
     request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep
 ) -> Predictions:
     """Classify: the top-k labels with probabilities, and the OoD score where the model has a head."""
-    limit = settings.max_images * settings.max_upload_bytes * 4 // 3 + (1 << 20)
-    options, files = await read_body(request, limit, PredictJSON, PredictOptions)
+    options, files = await read_body(request, settings.max_request_bytes, PredictJSON, PredictOptions)
     manifest = manifest_of(registry, options.model)
     sizes = await run_in_threadpool(decode_all, files, settings)
     spec = JobSpec(
