@@ -2,8 +2,10 @@
 
 Captum's Occlusion with a window over every channel gives the same value in every channel, so we
 compare its channel 0 with our (N, 1, H, W) map. Both compute ``mean over covering windows of
-(p - p_occluded)`` in float32 from the same forward passes, in a different summation order:
-``rtol=1e-5`` and an ``atol`` of 1e-5 of the map's largest magnitude (as test_captum_agreement.py).
+(p - p_occluded)`` in float32, in a different summation order, and ours runs the masked batches
+through the network's BatchNorm-folded, channels_last twin, whose probabilities differ from the
+network's by float rounding (up to ~1e-6 on EfficientNet-Lite0): ``rtol=1e-5`` and an ``atol`` of
+1e-5 of the map's largest magnitude plus 2e-6.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def assert_maps_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
     assert ours.shape == reference.shape
     scale = float(reference.abs().max())
     assert scale > 0, "a reference map of zeros would make the comparison vacuous"
-    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5 * scale + 2e-6)
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,8 @@ def test_every_target_column_matches_captum_and_comes_from_the_same_passes(lenet
     calls = []
     handle = lenet.conv1.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
     try:
+        Occlusion(lenet, SOFTMAX)(images[:1], 0)  # makes the forward twin, hook included, checked on one row
+        calls.clear()
         ours = Occlusion(lenet, SOFTMAX, 50, window=(6, 6), strides=(4, 4))(images, targets)
         rows_for_three = sum(calls)
         calls.clear()

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import Explainer, _check_device
+from ._inference_copy import forward_twin
 from ._model_state import explaining
 from ._validation import check_inputs, check_positive_int, check_targets_in_range, normalise_targets
 
@@ -47,11 +48,19 @@ class PerturbationExplainer(Explainer):
 
     ``activation_fn`` turns the network's logits (N, C) into probabilities (N, C): ``nn.Softmax(dim=1)``,
     ``torch.sigmoid`` or any callable. ``perturbation_per_eval``: masked images per forward pass
-    (default: :func:`default_batch`, per device and image size).
+    (default: :func:`default_batch`, per device and image size). ``inference_copy``: run the masked
+    batches through a BatchNorm-folded, channels_last (on CPU) copy of the network, made once per
+    network and weights and cached (``_inference_copy.py``); ``False`` runs the network itself, for a
+    model that cannot spare a copy's memory or must see every call.
     """
 
     def __init__(
-        self, network: nn.Module, activation_fn: ActivationFn, perturbation_per_eval: int | None = None
+        self,
+        network: nn.Module,
+        activation_fn: ActivationFn,
+        perturbation_per_eval: int | None = None,
+        *,
+        inference_copy: bool = True,
     ) -> None:
         super().__init__(network)
         if not callable(activation_fn):
@@ -63,7 +72,11 @@ class PerturbationExplainer(Explainer):
         if perturbation_per_eval is not None:
             check_positive_int(perturbation_per_eval, "perturbation_per_eval")
         self.perturbation_per_eval = perturbation_per_eval
+        if not isinstance(inference_copy, bool):
+            raise TypeError(f"inference_copy must be a bool, got {type(inference_copy).__name__}")
+        self.inference_copy = inference_copy
         self._batch_after_oom: dict[tuple, int] = {}  # per device and image shape: later calls skip the wall
+        self.forward_network = network  # what runs the masked batches: the network or its twin, per call
 
     def __call__(self, inputs: Tensor, targets: object, *, progress: Progress | None = None) -> Tensor:
         if progress is not None and not callable(progress):
@@ -71,16 +84,22 @@ class PerturbationExplainer(Explainer):
         inputs = check_inputs(inputs)
         _check_device(self.network, inputs)
         rows = normalise_targets(targets, len(inputs), inputs.device)
-        with explaining(self.network), torch.inference_mode():
-            maps = self.explain(inputs.detach(), rows, progress)
-        return maps.to(inputs.dtype, copy=True)  # a normal tensor, not an inference one, for the caller
+        channels_last = inputs.dim() == 4 and (inputs.device.type == "cpu" or _is_channels_last(inputs))
+        with explaining(self.network):
+            if self.inference_copy:
+                self.forward_network = forward_twin(self.network, inputs.detach(), channels_last)
+            if self.forward_network is not self.network and channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                maps = self.explain(inputs.detach(), rows, progress)
+        return maps.to(inputs.dtype, memory_format=torch.contiguous_format, copy=True)  # a normal tensor
 
     def explain(self, inputs: Tensor, targets: Tensor, progress: Progress | None = None) -> Tensor:
         raise NotImplementedError
 
     def probabilities(self, batch: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, num_classes): ``activation_fn(network(batch))``."""
-        return self.activate(self.network(batch), len(batch))
+        """(B, C, H, W) -> (B, num_classes): ``activation_fn(network(batch))``, through the forward-only twin."""
+        return self.activate(self.forward_network(batch), len(batch))
 
     def activate(self, logits: object, rows: int) -> Tensor:
         """Checked ``activation_fn(logits)``: (rows, num_classes) -> (rows, num_classes)."""
@@ -160,7 +179,7 @@ def _accumulate(
     else:
         per_image = reference.shape[0] == len(inputs) > 1
         masked = torch.lerp(reference[images] if per_image else reference, x, keep)
-    if not inputs.is_contiguous() and inputs.is_contiguous(memory_format=torch.channels_last):
+    if _is_channels_last(inputs):
         masked = masked.contiguous(memory_format=torch.channels_last)
     weights = weigh(masked, images)
     if start == 0:
@@ -172,6 +191,10 @@ def _accumulate(
     coefficients = owner.to(total.dtype).unsqueeze(1) * chosen.to(total.dtype).t().unsqueeze(0)
     spread = coefficients.flatten(0, 1) @ credit.to(total.dtype).flatten(1)  # (n_b * L, H * W)
     total[first : last + 1] += spread.view(last - first + 1, -1, total.shape[2])
+
+
+def _is_channels_last(inputs: Tensor) -> bool:
+    return not inputs.is_contiguous() and inputs.is_contiguous(memory_format=torch.channels_last)
 
 
 def _check_scores(scores: object, rows: int, name: str) -> None:

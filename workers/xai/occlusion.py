@@ -28,7 +28,7 @@ def default_window(side: int) -> tuple[int, int]:
 
 class Occlusion(PerturbationExplainer):
     """``Occlusion(network, activation_fn, perturbation_per_eval=None, *, window=None, strides=None,
-    reference=0.0, absolute=False)(inputs, targets) -> (N, 1 or l, H, W)``.
+    reference=0.0, absolute=False, inference_copy=True)(inputs, targets) -> (N, 1 or l, H, W)``.
 
     ``window``/``strides``: an int or (h, w); ``strides`` defaults to the window (tiles). Without either,
     :func:`default_window` per side: 7 x 7 tiles at 224 x 224 (1,024 windows), 3 x 3 windows with stride 1
@@ -47,8 +47,9 @@ class Occlusion(PerturbationExplainer):
         strides: Pair | None = None,
         reference: float | Tensor = 0.0,
         absolute: bool = False,
+        inference_copy: bool = True,
     ) -> None:
-        super().__init__(network, activation_fn, perturbation_per_eval)
+        super().__init__(network, activation_fn, perturbation_per_eval, inference_copy=inference_copy)
         self.window = None if window is None else _pair(window, "window")
         self.strides = self.window if strides is None else _pair(strides, "strides")
         if isinstance(reference, bool) or not isinstance(reference, int | float | Tensor):

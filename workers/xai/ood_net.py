@@ -74,10 +74,14 @@ class OoDNet(nn.Module):
     def num_classes(self) -> int:
         return self._num_classes
 
-    def features(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, num_features): the underlying classifier's features."""
-        with features_of(self._underlying):
-            features = self._underlying(x)
+    def features(self, x: Tensor, through: nn.Module | None = None) -> Tensor:
+        """(N, C, H, W) -> (N, num_features): the underlying classifier's features.
+
+        ``through``: a stand-in for the classifier with the same weights (its forward-only twin).
+        """
+        network = self._underlying if through is None else through
+        with features_of(network):
+            features = network(x)
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != self._num_features:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(

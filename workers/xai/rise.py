@@ -66,7 +66,7 @@ def mask_set(
 
 class RISE(PerturbationExplainer):
     """``RISE(network, activation_fn, perturbation_per_eval=None, *, num_masks=6000, num_cells=10,
-    keep_probability=0.5, seed=0)(inputs, targets) -> (N, 1 or l, H, W)``.
+    keep_probability=0.5, seed=0, inference_copy=True)(inputs, targets) -> (N, 1 or l, H, W)``.
 
     Defaults are MindSpore XAI's (6,000 masks, a 10 x 10 grid, p = 0.5). ``seed=None`` draws new masks
     on every call (from torch's global generator) instead of reusing the cached set.
@@ -82,8 +82,9 @@ class RISE(PerturbationExplainer):
         num_cells: int = 10,
         keep_probability: float = 0.5,
         seed: int | None = 0,
+        inference_copy: bool = True,
     ) -> None:
-        super().__init__(network, activation_fn, perturbation_per_eval)
+        super().__init__(network, activation_fn, perturbation_per_eval, inference_copy=inference_copy)
         self.num_masks = check_positive_int(num_masks, "num_masks")
         if num_masks > MAX_MASKS:
             raise ValueError(f"num_masks must be <= {MAX_MASKS}, got {num_masks}")

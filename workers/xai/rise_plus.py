@@ -22,7 +22,7 @@ EPS = torch.finfo(torch.float64).eps  # MindSpore XAI's numpy float eps: 0 / EPS
 
 class RISEPlus(RISE):
     """``RISEPlus(ood_net, network, activation_fn, perturbation_per_eval=None, *, num_masks=6000, num_cells=10,
-    keep_probability=0.5, seed=0)(inputs, targets) -> (N, 1 or l, H, W)``.
+    keep_probability=0.5, seed=0, inference_copy=True)(inputs, targets) -> (N, 1 or l, H, W)``.
 
     One backbone pass per masked batch gives both the class scores and the OoD score when
     ``ood_net.underlying is network`` and the network has ``classify_features(features) -> logits``
@@ -42,6 +42,7 @@ class RISEPlus(RISE):
         num_cells: int = 10,
         keep_probability: float = 0.5,
         seed: int | None = 0,
+        inference_copy: bool = True,
     ) -> None:
         super().__init__(
             network,
@@ -51,6 +52,7 @@ class RISEPlus(RISE):
             num_cells=num_cells,
             keep_probability=keep_probability,
             seed=seed,
+            inference_copy=inference_copy,
         )
         if not isinstance(ood_net, OoDNet):
             raise TypeError(f"ood_net must be an OoDNet, got {type(ood_net).__name__}")
@@ -79,10 +81,11 @@ class RISEPlus(RISE):
 
     def scores(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C, H, W) -> class probabilities (B, num_classes) and OoD scores (B,)."""
-        features = self.ood_net.features(batch)
         if self.shares_backbone:
-            probabilities = self.activate(self.network.classify_features(features), len(batch))
+            features = self.ood_net.features(batch, self.forward_network)
+            probabilities = self.activate(self.forward_network.classify_features(features), len(batch))
         else:
+            features = self.ood_net.features(batch)
             probabilities = self.probabilities(batch)
         return probabilities, self.ood_net.cosine(features).amax(dim=1)
 
