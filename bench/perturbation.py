@@ -65,6 +65,11 @@ def bare_forwards(network: nn.Module, x: torch.Tensor, rows: int, batch: int) ->
     return run
 
 
+def best_batch(network: nn.Module, x: torch.Tensor, rows: int, sizes: list[int], repeats: int) -> tuple[float, int]:
+    """(ms, batch): the fastest of ``rows`` bare forward passes over the batch sizes tried."""
+    return min((median_ms(bare_forwards(network, x, rows, size), repeats, warmup=1), size) for size in sizes)
+
+
 def _format(x: torch.Tensor) -> torch.memory_format:
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format

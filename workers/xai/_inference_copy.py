@@ -72,7 +72,7 @@ def _make_twin(network: nn.Module, channels_last: bool) -> nn.Module:
     with torch.inference_mode(False), torch.no_grad():
         try:
             twin = copy.deepcopy(network)
-        except Exception:  # noqa: BLE001 - a network that cannot be copied is used as it is
+        except Exception:  # a network that cannot be copied is used as it is
             return network
         twin.eval()
         for param in twin.parameters():
@@ -103,7 +103,7 @@ def fold_batchnorm(network: nn.Module) -> int:
     """Fold each eval-mode BatchNorm into the convolution feeding it, in place; returns how many were folded."""
     try:
         graph = _ConvolutionsAsLeaves().trace(network)
-    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: nothing is folded
+    except Exception:  # data-dependent control flow and the like: nothing is folded
         return 0
     calls: dict[str, int] = {}
     for node in graph.nodes:
