@@ -173,19 +173,24 @@ def _accumulate(
     images = index // count
     keep, credit = masks(index % count)
     keep = keep.to(dtype).unsqueeze(1)
-    x = inputs[images]
-    if reference is None:
-        masked = x * keep
+    first, last = start // count, (stop - 1) // count
+    per_image = reference is not None and reference.shape[0] == len(inputs) > 1
+    if first == last:  # every row perturbs one image (the usual case): broadcast it rather than gather copies
+        x = inputs[first : first + 1]
+        base = reference[first : first + 1] if per_image else reference
     else:
-        per_image = reference.shape[0] == len(inputs) > 1
-        masked = torch.lerp(reference[images] if per_image else reference, x, keep)
-    if _is_channels_last(inputs):
-        masked = masked.contiguous(memory_format=torch.channels_last)
+        x = inputs[images]
+        base = reference[images] if per_image else reference
+    layout = torch.channels_last if _is_channels_last(inputs) else torch.contiguous_format
+    masked = torch.empty((len(index), *inputs.shape[1:]), dtype=dtype, device=device, memory_format=layout)
+    if base is None:
+        torch.mul(x, keep, out=masked)
+    else:
+        torch.lerp(base.to(dtype), x, keep, out=masked)
     weights = weigh(masked, images)
     if start == 0:
         check_targets_in_range(targets, weights.shape[1])
     chosen = weights.gather(1, targets[images])  # (B, L)
-    first, last = start // count, (stop - 1) // count
     owner = (images - first).unsqueeze(0) == torch.arange(last - first + 1, device=device).unsqueeze(1)
     # (n_b, L, B): the weight of row b for image n_b, zero where b belongs to another image
     coefficients = owner.to(total.dtype).unsqueeze(1) * chosen.to(total.dtype).t().unsqueeze(0)
