@@ -2,7 +2,9 @@
 
     python -m bench.perturbation [--repeats 3] [--quick]
 
-Every table is measured in one run, on the same input, with the network frozen and in eval mode:
+Every table is measured in one run, on the same input, with the network frozen and in eval mode; the
+contenders of a row run in turn, repeat after repeat (``interleaved_ms``), so a change in the
+machine's load weighs on all of them alike:
 
 - Occlusion: ours (default batch) against Captum's ``Occlusion`` at its default
   (``perturbations_per_eval=1``, the network and input as given) and at its best (16 per eval, the
@@ -15,6 +17,8 @@ Every table is measured in one run, on the same input, with the network frozen a
 - Targets: the cost of five targets of one image against one (all from the same passes).
 - Batch size: our time per masked image at several ``perturbation_per_eval``; ``*`` marks the default.
 - RISEPlus: one backbone pass per batch for class and OoD scores against the two-pass fallback.
+- RISE masks: drawing and expanding 1,000 masks at 224x224 against a per-mask loop (the authors'
+  ``skimage`` resize, and ``F.interpolate``), and what storing them costs.
 
 ``--quick`` runs tiny sizes (a check that the script works, not a measurement).
 """
@@ -28,16 +32,17 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
-from bench.timing import allocator_setting, frozen, machine, median_ms
+from bench.timing import allocator_setting, frozen, interleaved_ms, machine, median_ms
 from models.lenet5 import LeNet5
 from models.registry import ModelRegistry
 from workers.xai import RISE, Occlusion, OoDNet, RISEPlus
 from workers.xai._perturbation import default_batch
 from workers.xai.occlusion import default_window
-from workers.xai.rise import mask_set
+from workers.xai.rise import MaskSet, mask_set
 
 SOFTMAX = nn.Softmax(dim=1)
 
@@ -47,27 +52,31 @@ def probabilities(network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 def bare_forwards(network: nn.Module, x: torch.Tensor, rows: int, batch: int) -> Callable[[], object]:
-    """``rows`` forward passes of masked copies of ``x`` (1, C, H, W), ``batch`` at a time.
+    """``rows`` forward passes of distinct masked copies of ``x`` (1, C, H, W), ``batch`` at a time.
 
-    The copies differ (RISE's own masks): a batch of one image repeated runs LeNet5 ~35% faster
-    (measured: 8.3 against 12.7 ms for 256), a bare cost no explainer could reach.
+    The copies are made beforehand and all differ (RISE's own masks), as an explainer's do: one batch
+    run again and again stays in the CPU's caches and runs LeNet5 ~25% faster, a bare cost no
+    explainer could reach.
     """
-    masks = mask_set(*x.shape[2:], batch, 10, 0.5, 0, x.device)(torch.arange(batch, device=x.device))
+    masks = mask_set(*x.shape[2:], rows, 10, 0.5, 0, x.device)(torch.arange(rows, device=x.device))
     full = (x * masks.unsqueeze(1)).contiguous(memory_format=_format(x))
-    last = full[: rows - batch * (math.ceil(rows / batch) - 1)]
+    batches = full.split(batch)
 
     def run() -> object:
         with torch.inference_mode():
-            for _ in range(math.ceil(rows / batch) - 1):
-                network(full)
-            return network(last)
+            for part in batches:
+                out = network(part)
+            return out
 
     return run
 
 
-def best_batch(network: nn.Module, x: torch.Tensor, rows: int, sizes: list[int], repeats: int) -> tuple[float, int]:
-    """(ms, batch): the fastest of ``rows`` bare forward passes over the batch sizes tried."""
-    return min((median_ms(bare_forwards(network, x, rows, size), repeats, warmup=1), size) for size in sizes)
+def fastest_bare(
+    network: nn.Module, x: torch.Tensor, rows: int, sizes: list[int], repeats: int
+) -> tuple[Callable[[], object], int]:
+    """The bare forward passes at the fastest of the batch sizes tried, and that size."""
+    _, size = min((median_ms(bare_forwards(network, x, rows, size), repeats, warmup=1), size) for size in sizes)
+    return bare_forwards(network, x, rows, size), size
 
 
 def _format(x: torch.Tensor) -> torch.memory_format:
@@ -104,9 +113,14 @@ def occlusion_table(cases: list[tuple[str, nn.Module, torch.Tensor, int, tuple[i
     for name, network, x, target, window in cases:
         windows = (math.ceil((x.shape[2] - window[0]) / window[1]) + 1) ** 2
         explainer = Occlusion(network, SOFTMAX, window=window[0], strides=window[1])
-        ours = median_ms(partial(explainer, x, target), repeats, warmup=1)
-        one = median_ms(captum_occlusion(network, x, target, window, 1), repeats, warmup=1)
-        sixteen = median_ms(captum_occlusion(*channels_last(network, x), target, window, 16), repeats, warmup=1)
+        ours, one, sixteen = interleaved_ms(
+            [
+                partial(explainer, x, target),
+                captum_occlusion(network, x, target, window, 1),
+                captum_occlusion(*channels_last(network, x), target, window, 16),
+            ],
+            repeats,
+        )
         ratios = f"{one / ours:.2f} | {sixteen / ours:.2f}"
         print(f"| {name} | {window} | {windows} | {ours:.0f} | {one:.0f} | {sixteen:.0f} | {ratios} |", flush=True)
 
@@ -122,19 +136,15 @@ def rise_table(cases: list[tuple[str, nn.Module, torch.Tensor, int, int, list[in
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, network, x, target, masks, sizes in cases:
         explainer = RISE(network, SOFTMAX, num_masks=masks)
-        ours = median_ms(partial(explainer, x, target), repeats, warmup=1)
-        twin = explainer.forward_network
+        explainer(x, target)  # makes the twin
         as_given = x.contiguous(memory_format=torch.channels_last)
-        bare, batch = min((median_ms(bare_forwards(network, as_given, masks, b), repeats, warmup=1), b) for b in sizes)
-        fast, fast_batch = min(
-            (median_ms(bare_forwards(twin, as_given, masks, b), repeats, warmup=1), b) for b in sizes
-        )
-        theirs = CaptumRISE(partial(probabilities, network))
-        run_theirs = partial(captum_rise, theirs, x, masks=masks, target=target)
-        other = median_ms(run_theirs, repeats, warmup=1)
+        bare, batch = fastest_bare(network, as_given, masks, sizes, repeats)
+        twin, twin_batch = fastest_bare(explainer.forward_network, as_given, masks, sizes, repeats)
+        theirs = partial(captum_rise, CaptumRISE(partial(probabilities, network)), x, masks=masks, target=target)
+        ours, bare_ms, twin_ms, other = interleaved_ms([partial(explainer, x, target), bare, twin, theirs], repeats)
         print(
-            f"| {name} | {masks} | {ours:.0f} | {bare:.0f} ({batch}) | {fast:.0f} ({fast_batch}) | {ours / bare:.2f} "
-            f"| {ours / fast:.2f} | {other:.0f} | {other / ours:.1f} |",
+            f"| {name} | {masks} | {ours:.0f} | {bare_ms:.0f} ({batch}) | {twin_ms:.0f} ({twin_batch}) "
+            f"| {ours / bare_ms:.2f} | {ours / twin_ms:.2f} | {other:.0f} | {other / ours:.1f} |",
             flush=True,
         )
 
@@ -188,6 +198,52 @@ def rise_plus_table(network: LeNet5, x: torch.Tensor, masks: int, repeats: int) 
     one = median_ms(lambda: shared(x, 1), repeats, warmup=1)
     two = median_ms(lambda: fallback(x, 1), repeats, warmup=1)
     print(f"| LeNet5 32x32 | {masks} | {one:.0f} | {two:.0f} | {two / one:.2f} |", flush=True)
+
+
+def masks_table(count: int, repeats: int) -> None:
+    from skimage.transform import resize
+
+    height = width = 224
+    cells, device = 10, torch.device("cpu")
+    up = ((cells + 1) * math.ceil(height / cells), (cells + 1) * math.ceil(width / cells))
+    made = MaskSet(height, width, count, cells, 0.5, 0, device)
+    everything = torch.arange(count)
+
+    def draw() -> object:
+        return MaskSet(height, width, count, cells, 0.5, 0, device)
+
+    def expand() -> object:
+        return [made(everything[i : i + 64]) for i in range(0, count, 64)]
+
+    def loop(upsample: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
+        def run() -> object:
+            out = []
+            for k in range(count):
+                dy, dx = int(made.shifts_h[k]), int(made.shifts_w[k])
+                out.append(upsample(made.grids[k].float())[dy : dy + height, dx : dx + width])
+            return out
+
+        return run
+
+    def authors(grid: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(resize(grid.numpy(), up, order=1, mode="reflect", anti_aliasing=False))
+
+    def interpolate(grid: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(grid[None, None], size=up, mode="bilinear", align_corners=False)[0, 0]
+
+    stored = made.nbytes()
+    full = count * height * width * 4
+    print(f"\n### RISE masks: {count:,} at {height}x{width}\n")
+    print("| step | ms |")
+    print("| --- | ---: |")
+    for step, run in [
+        ("draw the grids and shifts (stored)", draw),
+        ("expand all of them, 64 at a time (what a call does)", expand),
+        ("per-mask loop, skimage resize (the authors' code)", loop(authors)),
+        ("per-mask loop, F.interpolate", loop(interpolate)),
+    ]:
+        print(f"| {step} | {median_ms(run, repeats, warmup=1):.0f} |", flush=True)
+    print(f"\nStored: {stored / 1024:.0f} KiB (grids and shifts); as float32 masks: {full / 2**20:.0f} MiB.")
 
 
 def main() -> None:
@@ -250,6 +306,7 @@ def main() -> None:
         repeats,
     )
     rise_plus_table(lenet, small, lenet_masks, repeats)
+    masks_table(64 if args.quick else 1000, repeats)
 
 
 if __name__ == "__main__":

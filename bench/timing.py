@@ -22,6 +22,20 @@ def median_ms(run: Callable[[], object], repeats: int, warmup: int = 2) -> float
     return statistics.median(samples) * 1000
 
 
+def interleaved_ms(runs: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
+    """The median of each run, the runs taking turns: a shared machine's drift weighs on all alike."""
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, times in zip(runs, samples, strict=True):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) * 1000 for times in samples]
+
+
 def allocator_setting() -> str:
     keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
     found = {key: os.environ.get(key) for key in keys}

@@ -18,7 +18,7 @@ from torch import nn
 
 from tests.xai.test_contract import assert_same_state, hooks_of, state_of
 from workers.xai import RISE, Occlusion
-from workers.xai.rise import MAX_MASKS, mask_set
+from workers.xai.rise import MAX_MASKS, MaskSet, mask_set
 
 SOFTMAX = nn.Softmax(dim=1)
 TARGETS = torch.tensor([0, 3, 7, 9])
@@ -31,7 +31,7 @@ def reference_masks(height: int, width: int, count: int, cells: int, probability
     up = ((cells + 1) * math.ceil(height / cells), (cells + 1) * math.ceil(width / cells))
     out = []
     for k in range(count):
-        big = F.interpolate(masks.grids[k][None, None], size=up, mode="bilinear", align_corners=False)[0, 0]
+        big = F.interpolate(masks.grids[k].float()[None, None], size=up, mode="bilinear", align_corners=False)[0, 0]
         dy, dx = int(masks.shifts_h[k]), int(masks.shifts_w[k])
         out.append(big[dy : dy + height, dx : dx + width])
     return torch.stack(out)
@@ -62,9 +62,14 @@ def test_masks_are_the_upsampled_and_cropped_grids():
     assert expanded.shape == (300, 32, 30)
     assert float(expanded.min()) >= 0 and float(expanded.max()) <= 1 + 1e-6
     assert set(masks.grids.unique().tolist()) == {0.0, 1.0}
-    assert abs(float(masks.grids.mean()) - 0.3) < 0.02  # 14,700 Bernoulli(0.3) cells: sd 0.004
+    assert abs(float(masks.grids.float().mean()) - 0.3) < 0.02  # 14,700 Bernoulli(0.3) cells: sd 0.004
     assert int(masks.shifts_h.max()) == math.ceil(32 / 7) - 1 and int(masks.shifts_h.min()) == 0
     assert int(masks.shifts_w.max()) == math.ceil(30 / 7) - 1
+
+
+def test_a_mask_set_keeps_grids_and_shifts_not_masks():
+    """1,000 masks at 224x224 with 10x10 cells: a byte per cell and two 2-byte shifts, not 191 MiB of masks."""
+    assert MaskSet(224, 224, 1000, 10, 0.5, 0, CPU).nbytes() == 1000 * (10 * 10 + 2 * 2)
 
 
 def test_rise_equals_the_reference_computation(lenet, images):

@@ -181,12 +181,12 @@ def _accumulate(
     else:
         x = inputs[images]
         base = reference[images] if per_image else reference
-    layout = torch.channels_last if _is_channels_last(inputs) else torch.contiguous_format
-    masked = torch.empty((len(index), *inputs.shape[1:]), dtype=dtype, device=device, memory_format=layout)
-    if base is None:
-        torch.mul(x, keep, out=masked)
-    else:
-        torch.lerp(base.to(dtype), x, keep, out=masked)
+    channels_last = _is_channels_last(inputs)
+    if channels_last:  # work in (B, H, W, C): every operand dense in that order, the result channels_last
+        x, keep, base = (None if t is None else t.permute(0, 2, 3, 1) for t in (x, keep, base))
+    masked = x * keep if base is None else torch.lerp(base.to(dtype), x, keep)
+    if channels_last:
+        masked = masked.permute(0, 3, 1, 2)
     weights = weigh(masked, images)
     if start == 0:
         check_targets_in_range(targets, weights.shape[1])

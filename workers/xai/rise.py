@@ -32,9 +32,9 @@ class MaskSet:
         cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
         generator = torch.Generator(device=device).manual_seed(seed)
         draws = torch.rand((count, cells, cells), generator=generator, device=device)
-        self.grids = (draws < probability).float()
-        self.shifts_h = torch.randint(0, cell_h, (count, 1), generator=generator, device=device)
-        self.shifts_w = torch.randint(0, cell_w, (count, 1), generator=generator, device=device)
+        self.grids = draws < probability  # bool: a byte per cell, made float per batch
+        self.shifts_h = torch.randint(0, cell_h, (count, 1), generator=generator, device=device).to(torch.int16)
+        self.shifts_w = torch.randint(0, cell_w, (count, 1), generator=generator, device=device).to(torch.int16)
         self.upsample_h = _linear_upsampling(cells, (cells + 1) * cell_h, device)  # (U_h, cells)
         self.upsample_w = _linear_upsampling(cells, (cells + 1) * cell_w, device)  # (U_w, cells)
         self.rows = torch.arange(height, device=device)
@@ -47,7 +47,11 @@ class MaskSet:
         """index: (k,) long -> masks (k, H, W) in [0, 1], float32."""
         rows = self.upsample_h[self.shifts_h[index] + self.rows]  # (k, H, cells)
         columns = self.upsample_w[self.shifts_w[index] + self.columns]  # (k, W, cells)
-        return rows @ self.grids[index] @ columns.transpose(1, 2)
+        return rows @ self.grids[index].float() @ columns.transpose(1, 2)
+
+    def nbytes(self) -> int:
+        """What the set keeps: grids and shifts (the upsampling factors are shared by every mask)."""
+        return sum(t.numel() * t.element_size() for t in (self.grids, self.shifts_h, self.shifts_w))
 
 
 def _linear_upsampling(size: int, out: int, device: torch.device) -> Tensor:
