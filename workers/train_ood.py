@@ -3,7 +3,9 @@
     python -m workers.train_ood --model lenet5-shapes --shapes            # the synthetic generator
     python -m workers.train_ood --model my-model --images path/to/folder  # one sub-folder per class
 
-The classifier stays frozen (the served weights are unchanged); the heads are written to
+The classifier stays frozen (the served weights are unchanged). The heads train on centred features
+(``OoDNet.train(center_features=True)``; ``--no-center`` keeps MindSpore XAI's uncentred cosine,
+measured far worse against noise, docs/models.md). They are written to
 ``--out`` (default: the model's folder, ``ood_head.pt``) with their SHA-256, for the manifest's
 ``[ood_head]``. Prints the AUROC of the OoD score between held-out in-distribution images and
 uniform noise (and, for the shapes, a shape class the model never saw).
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=20_000, help="synthetic images to train on")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument(
+        "--center", action=argparse.BooleanOptionalAction, default=True, help="centre the features (default: yes)"
+    )
     parser.add_argument("--out", type=Path, help="where to write ood_head.pt (default: the model's folder)")
     args = parser.parse_args(argv)
 
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         DataLoader(dataset, batch_size=128, shuffle=True),
         epoch=args.epochs,
         learning_rate=args.learning_rate,
+        center_features=args.center,
         callbacks=lambda epoch, loss: print(f"epoch {epoch}: loss {loss:.4f}", flush=True),
     )
     ood.set_train(False)

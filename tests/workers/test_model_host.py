@@ -8,10 +8,13 @@ import shutil
 import pytest
 import torch
 
+from models.loading import sha256_of
 from models.manifest import WeightsError
 from models.registry import BUNDLED, ModelRegistry
+from models.shapes import UNSEEN, generate
+from workers import train_ood
 from workers.model_host import ModelHost
-from workers.train_ood import auroc
+from workers.train_ood import HELD_OUT_SEED, OOD_SEED, auroc, uniform_noise
 
 
 def test_layers_are_the_spatial_modules_that_run_once():
@@ -29,6 +32,27 @@ def test_the_committed_ood_head_loads_onto_the_served_classifier():
     assert host.ood_net("efficientnet-lite0") is None
     scores = ood.ood_score(torch.randn(4, 3, 32, 32))
     assert scores.shape == (4,) and bool((scores.abs() <= 1 + 1e-6).all())
+
+
+def test_the_committed_ood_head_separates_uniform_noise_not_yet_unseen_shapes():
+    """The figures of docs/models.md: AUROC of the OoD score, 1,000 held-out shapes against 1,000 of each."""
+    registry = ModelRegistry()
+    host, manifest = ModelHost(registry), registry.manifest("lenet5-shapes")
+    ood = host.ood_net("lenet5-shapes")
+    assert float(ood.feature_mean.abs().sum()) > 0, "trained on centred features"
+    with torch.inference_mode():
+        inliers = ood.ood_score(torch.from_numpy(generate(1000, HELD_OUT_SEED).normalised()))
+        noise = ood.ood_score(uniform_noise(1000, manifest))
+        heart = ood.ood_score(torch.from_numpy(generate(1000, OOD_SEED, shapes=UNSEEN).normalised()))
+    assert auroc(inliers, noise) >= 0.9  # measured 0.913
+    assert 0.6 <= auroc(inliers, heart) < 0.9  # measured 0.666: short of 0.9, docs/models.md says why
+
+
+def test_the_ood_head_is_trained_again_bit_for_bit_by_its_command(tmp_path):
+    train_ood.main(["--model", "lenet5-shapes", "--shapes", "--out", str(tmp_path)])
+    text = (BUNDLED / "lenet5-shapes" / "manifest.toml").read_text()
+    committed = re.search(r'\[ood_head\][^\[]*sha256 = "([0-9a-f]{64})"', text).group(1)
+    assert sha256_of(tmp_path / "ood_head.pt") == committed
 
 
 def test_an_ood_head_with_the_wrong_hash_is_refused(tmp_path):

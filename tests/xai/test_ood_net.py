@@ -6,9 +6,9 @@ then scored on held-out in-distribution images against uniform noise, AUROC by r
 seeds 0-3 (network, heads, data order): 1.000 every time after training; before it, fresh heads gave
 0.71, 0.01, 0.76, 0.15 (and 0.52 on the trained network, the case asserted). The test asserts >= 0.9
 after training and < 0.9 before: far from both groups, so float noise cannot flip it.
-With only the heads trained on a frozen network (the default), the max-cosine score did *not*
-separate noise on this set (0.23-0.57) nor with the committed lenet5-shapes on its shapes (0.32-0.52 after 5-20
-epochs), where the temperature ``g`` did (1.0).
+With only the heads trained on a frozen network (the default), the uncentred max-cosine score did
+*not* separate noise on this set (0.23-0.57); on lenet5-shapes centring the features does (the
+committed head, tests/workers/test_model_host.py).
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def test_the_classifier_is_not_part_of_the_heads(lenet, images):
         "g_bn.running_mean",
         "g_bn.running_var",
         "g_bn.num_batches_tracked",
+        "feature_mean",
     }
     lenet.train()
     ood_net.set_train(False)
@@ -179,6 +180,32 @@ def test_heads_are_saved_and_loaded_alone(lenet, images, tmp_path):
     assert torch.equal(other(images), ood_net(images))
     with pytest.raises(ValueError, match=r"h.weight of shape \(10, 84\), expected \(4, 84\)"):
         OoDNet(lenet, 4).load(tmp_path / "heads.pt")
+
+
+def test_feature_centring_is_off_by_default_and_measured_when_asked(lenet, images, tmp_path):
+    data = loader(256)
+    plain = OoDNet(lenet, 4)
+    plain.train(data, epoch=1, learning_rate=0.01)
+    assert torch.equal(plain.feature_mean, torch.zeros(84)), "MindSpore's h: uncentred"
+    centred = OoDNet(lenet, 4)
+    centred.train(data, epoch=1, learning_rate=0.01, center_features=True)
+    with torch.no_grad():
+        expected = torch.cat([centred.features(batch) for batch, _ in data]).mean(0)
+        torch.testing.assert_close(centred.feature_mean, expected)
+        features = centred.features(images)
+        weights = centred.h.weight / (centred.h.weight.norm(dim=1, keepdim=True) + 1e-4)
+        shifted = features - expected
+        cosine = (shifted / (shifted.norm(dim=1, keepdim=True) + 1e-4)) @ weights.t()
+        torch.testing.assert_close(centred.eval()(images), cosine)
+    centred.save(tmp_path / "centred.pt")
+    assert torch.equal(OoDNet(lenet, 4).load(tmp_path / "centred.pt").feature_mean, centred.feature_mean)
+    state = {k: v for k, v in plain.state_dict().items() if k != "feature_mean"}
+    torch.save(state, tmp_path / "mindspore.pt")  # heads saved without a mean: m = 0
+    assert torch.equal(OoDNet(lenet, 4).load(tmp_path / "mindspore.pt").feature_mean, torch.zeros(84))
+    with pytest.raises(TypeError, match="center_features must be a bool"):
+        OoDNet(lenet, 4).train(data, epoch=1, center_features="yes")
+    with pytest.raises(ValueError, match="no images"):
+        OoDNet(lenet, 4).fit_feature_mean([])
 
 
 # ---- errors ----

@@ -1,9 +1,17 @@
 """OoDNet: Generalized ODIN (Hsu et al., 2020) heads on a classifier's features, as MindSpore XAI ships it.
 
-``h_i(x) = cos(w_i, φ(x))`` (a bias-free linear layer on L2-normalised features and weights),
+``h_i(x) = cos(w_i, φ(x) - m)`` (a bias-free linear layer on L2-normalised features and weights),
 ``g(x) = sigmoid(BN(linear(φ(x))))``; training fits ``h / g`` with cross-entropy on in-distribution data
 only; in eval mode the output is ``h`` (N, C) and the OoD score is ``max_i h_i(x)`` (higher: more
 in-distribution). ``φ`` is the classifier's forward with ``output_features = True``.
+
+``m`` is zero — MindSpore XAI's ``h`` — unless the heads are trained with ``center_features=True``;
+then it is the mean of the in-distribution features, measured before training (and again after it
+when the classifier trains too). ReLU features share a large common component, so every class
+weight points partly along it, and an input the classifier has no evidence about (uniform noise)
+lands close to some class weight; centred, the cosine measures the class-specific part only (as
+nearest-centroid classifiers centre features before normalising them). On lenet5-shapes this moves
+the AUROC against uniform noise from 0.17 to over 0.9 (docs/models.md).
 
 The classifier is *not* a registered submodule: ``state_dict()``, ``parameters()``, ``train()``/``eval()``
 and ``.to()`` cover the two heads only, so the heads are saved and loaded on their own and the shared
@@ -61,6 +69,7 @@ class OoDNet(nn.Module):
         nn.init.kaiming_normal_(self.h.weight, nonlinearity="relu")
         self.g_fc = nn.Linear(self._num_features, 1)
         self.g_bn = nn.BatchNorm1d(1)
+        self.register_buffer("feature_mean", torch.zeros(self._num_features))
         param = next(underlying.parameters(), None)
         if param is not None:
             self.to(param.device, param.dtype if param.is_floating_point() else None)
@@ -91,8 +100,8 @@ class OoDNet(nn.Module):
         return features
 
     def cosine(self, features: Tensor) -> Tensor:
-        """(N, num_features) -> (N, num_classes): ``h``, the cosine of features and class weights."""
-        return _normalise(features) @ _normalise(self.h.weight).t()
+        """(N, num_features) -> (N, num_classes): ``h``, the cosine of centred features and class weights."""
+        return _normalise(features - self.feature_mean) @ _normalise(self.h.weight).t()
 
     def temperature(self, features: Tensor) -> Tensor:
         """(N, num_features) -> (N, 1): ``g`` in (0, 1)."""
@@ -102,6 +111,19 @@ class OoDNet(nn.Module):
         features = self.features(x)
         scores = self.cosine(features)
         return scores / self.temperature(features) if self.training else scores
+
+    def fit_feature_mean(self, dataset: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """Set ``m`` to the mean of the classifier's features over ``dataset``'s images; returns it."""
+        device, total, count = self.h.weight.device, None, 0
+        with explaining(self._underlying), torch.no_grad():
+            for images, _ in dataset:
+                features = self.features(images.to(device)).double()
+                total = features.sum(0) if total is None else total + features.sum(0)
+                count += len(features)
+        if total is None:
+            raise ValueError("dataset holds no images")
+        self.feature_mean.copy_(total / count)
+        return self.feature_mean
 
     def ood_score(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N,): ``max_i h_i(x)``, higher for more in-distribution inputs."""
@@ -119,6 +141,8 @@ class OoDNet(nn.Module):
         epoch: int = 90,
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        *,
+        center_features: bool = False,
         **kwargs: object,
     ) -> OoDNet:
         """Fit the heads on (image, label) batches of in-distribution data (a torch ``DataLoader``).
@@ -126,8 +150,10 @@ class OoDNet(nn.Module):
         ``loss_fn`` defaults to cross-entropy (labels as class indices or one-hot probabilities);
         ``callbacks(epoch, mean_loss)`` run after every epoch. Without ``optimizer``/``scheduler``,
         :meth:`prepare_train` makes them from ``kwargs``. The classifier is frozen and in eval mode
-        unless ``train_underlying=True``, and given back as found. ``train(bool)`` is
-        ``nn.Module.train``, so ``eval()`` keeps working.
+        unless ``train_underlying=True``, and given back as found. ``center_features``: measure ``m``
+        (:meth:`fit_feature_mean`) first, so the heads train on centred features; without it ``m`` is
+        left as it is (zero for new heads). ``train(bool)`` is ``nn.Module.train``, so ``eval()`` keeps
+        working.
         """
         if isinstance(dataset, bool):
             return self.set_train(dataset)
@@ -138,7 +164,11 @@ class OoDNet(nn.Module):
         callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
         if not all(callable(callback) for callback in callbacks):
             raise TypeError("callbacks must be a callable or a list of callables")
+        if not isinstance(center_features, bool):
+            raise TypeError(f"center_features must be a bool, got {type(center_features).__name__}")
         train_underlying = kwargs.get("train_underlying", False)
+        if center_features:
+            self.fit_feature_mean(dataset)
         if optimizer is None or scheduler is None:
             made_optimizer, made_scheduler = self.prepare_train(**kwargs)
             optimizer = made_optimizer if optimizer is None else optimizer
@@ -161,6 +191,8 @@ class OoDNet(nn.Module):
                 scheduler.step()
                 for callback in callbacks:
                     callback(done, total / max(batches, 1))
+        if center_features and train_underlying:  # the features moved while the classifier trained
+            self.fit_feature_mean(dataset)
         return self
 
     def get_train_parameters(self, train_underlying: bool = False) -> list[nn.Parameter]:
@@ -194,12 +226,16 @@ class OoDNet(nn.Module):
         torch.save(self.state_dict(), path)
 
     def load(self, path: str | Path) -> OoDNet:
-        """Read heads written by :meth:`save` (``weights_only``); they must fit this classifier and class count."""
+        """Read heads written by :meth:`save` (``weights_only``); they must fit this classifier and class count.
+
+        Heads saved without ``feature_mean`` (MindSpore's form) load with ``m = 0``.
+        """
         state = torch.load(path, map_location=self.h.weight.device, weights_only=True)
         expected = tuple(self.h.weight.shape)
         found = tuple(state.get("h.weight", torch.empty(0)).shape)
         if found != expected:
             raise ValueError(f"heads in {path} have h.weight of shape {found}, expected {expected}")
+        state.setdefault("feature_mean", torch.zeros_like(self.feature_mean))
         self.load_state_dict(state)
         return self
 
