@@ -23,11 +23,11 @@ from ._model_state import explaining
 from ._validation import check_inputs, check_positive_int, check_targets_in_range, normalise_targets
 
 # Masked images per forward pass unless ``perturbation_per_eval`` says otherwise: as many as fit a budget
-# of input bytes, at most a cap. CPU, measured with 1 thread and tuned glibc malloc (time per masked image):
-# LeNet5 at 32x32 falls from 94 us at 8 to 52-53 us at 128-256 and rises to 57 us at 1024. EfficientNet-Lite0
-# at 224x224 in channels_last is flat from 4 to 32 (19-21 ms) and 25 ms at 128; in contiguous format it is
-# best at 4 (20 ms), 22 ms at 8, 27 ms at 32 and 72 ms at 128. 4 MiB gives 256 for LeNet5 and 6 for
-# EfficientNet-Lite0. CUDA: not measured (no GPU here): a larger budget; out-of-memory halves it anyway.
+# of input bytes, at most a cap. CPU, measured through the forward twin (BatchNorm folded, channels_last),
+# 2 threads, tuned glibc malloc (docs/benchmarks.md): LeNet5 at 32x32 is best from 256 up (23 us per
+# masked image; 40 us at 16); EfficientNet-Lite0 at 224x224 is flat within the machine's noise from 6 to 64
+# (5.2-5.8 ms) and worse at 4. 4 MiB gives 256 for LeNet5 and 6 for EfficientNet-Lite0.
+# CUDA: not measured (no GPU here): a larger budget; out-of-memory halves it anyway.
 BATCH_BUDGET = {"cpu": (4 << 20, 256), "cuda": (64 << 20, 1024)}  # device type -> (bytes, most rows)
 
 
