@@ -32,3 +32,5 @@ test: lint
 
 bench: install
 	$(PY) -m bench.gradient_family
+	$(PY) -m bench.perturbation
+	$(PY) -m bench.pointing_game
