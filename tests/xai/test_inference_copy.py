@@ -73,6 +73,21 @@ def test_a_norm_whose_input_is_used_elsewhere_is_not_folded():
     torch.testing.assert_close(twin(x), network(x))
 
 
+def test_a_convolution_called_under_two_names_is_not_folded():
+    class Shared(ConvNormNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.norm1(self.conv1(x))
+            return self.head((self.conv1b(x) + y).mean((2, 3)))
+
+    shared = Shared()
+    shared.conv1b = shared.conv1  # one module under two names, each called once
+    assert fold_batchnorm(copy.deepcopy(ConvNormNet())) == 2
+    twin = copy.deepcopy(shared)
+    assert fold_batchnorm(twin) == 0, "folding norm1 into conv1 would change what conv1b gives"
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(twin(x), shared(x))
+
+
 def test_efficientnet_lite0_loses_its_49_norms_not_its_answers(efficientnet, cat_input):
     assert fold_batchnorm(copy.deepcopy(efficientnet)) == 49
     twin = forward_twin(efficientnet, cat_input, channels_last=True)

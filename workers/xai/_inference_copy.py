@@ -12,9 +12,11 @@ exact rewrites make those cheaper without touching the caller's model:
 The twin is a deep copy of the same class, so its attributes and methods (``output_features``,
 ``classify_features``) are those of the original. Which BatchNorm follows which convolution is read
 from a ``torch.fx`` trace of the copy in eval mode: a BatchNorm is folded only where it is called
-once, on the output of a convolution that is called once and feeds nothing else. A network that does
-not trace, or cannot be copied, is used as it is. Twins are cached per network and made again when
-any of its parameters or buffers is replaced or changed in place.
+once, on the output of a convolution that is called once (under any of its names) and feeds nothing
+else. The twin must give the original's output on a sample input (to float tolerance) or the
+original is used; so is a network that does not trace or cannot be copied. Twins are cached per
+network and made again when any of its parameters or buffers is replaced or changed in place, or a
+forward hook is added or removed (the copy carries the hooks the network had when it was made).
 """
 
 from __future__ import annotations
@@ -105,15 +107,18 @@ def fold_batchnorm(network: nn.Module) -> int:
         graph = _ConvolutionsAsLeaves().trace(network)
     except Exception:  # data-dependent control flow and the like: nothing is folded
         return 0
-    calls: dict[str, int] = {}
+    calls: dict[int, int] = {}  # per module object: one registered under two names is one module
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            module = id(network.get_submodule(node.target))
+            calls[module] = calls.get(module, 0) + 1
     folded = 0
     for node in graph.nodes:
-        if node.op != "call_module" or calls[node.target] != 1:
+        if node.op != "call_module":
             continue
         norm = network.get_submodule(node.target)
+        if calls[id(norm)] != 1:
+            continue
         convolution_type = _CONVOLUTIONS.get(type(norm))
         source = node.args[0] if node.args else None
         if convolution_type is None or not isinstance(source, fx.Node) or source.op != "call_module":
@@ -121,7 +126,7 @@ def fold_batchnorm(network: nn.Module) -> int:
         convolution = network.get_submodule(source.target)
         foldable = (
             isinstance(convolution, convolution_type)
-            and calls[source.target] == 1
+            and calls[id(convolution)] == 1
             and len(source.users) == 1
             and len(node.args) == 1
             and not node.kwargs
