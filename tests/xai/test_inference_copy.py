@@ -10,7 +10,10 @@ from torch import nn
 
 from tests.xai.test_contract import assert_same_state, state_of
 from workers.xai import RISE, Occlusion
+from workers.xai import _inference_copy as inference_copy
 from workers.xai._inference_copy import fold_batchnorm, forward_twin
+
+original = inference_copy._make_twin
 
 SOFTMAX = nn.Softmax(dim=1)
 
@@ -126,10 +129,20 @@ def test_a_network_that_does_not_trace_is_copied_without_folding(images):
     torch.testing.assert_close(maps, RISE(network, SOFTMAX, num_masks=20, inference_copy=False)(images, 1))
 
 
-def test_a_twin_that_answers_differently_is_not_used(images):
+def test_a_twin_that_answers_differently_is_not_used_nor_made_again(images, monkeypatch):
     network = ConvNormNet()
     network.conv1 = DropsItsBias(3, 8, 3, padding=1)
+    made = []
+    monkeypatch.setattr(inference_copy, "_make_twin", lambda *args: made.append(args) or original(*args))
     assert forward_twin(network, images, channels_last=False) is network
+    assert forward_twin(network, images, channels_last=False) is network
+    assert len(made) == 1, "the refusal is cached like a twin"
+
+
+def test_a_network_made_under_inference_mode_runs_as_it_is(images):
+    with torch.inference_mode():
+        network = ConvNormNet()
+    assert forward_twin(network, images, channels_last=True) is network
 
 
 def test_inference_copy_must_be_a_bool(lenet):

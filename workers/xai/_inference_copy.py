@@ -14,9 +14,11 @@ The twin is a deep copy of the same class, so its attributes and methods (``outp
 from a ``torch.fx`` trace of the copy in eval mode: a BatchNorm is folded only where it is called
 once, on the output of a convolution that is called once (under any of its names) and feeds nothing
 else. The twin must give the original's output on a sample input (to float tolerance) or the
-original is used; so is a network that does not trace or cannot be copied. Twins are cached per
-network and made again when any of its parameters or buffers is replaced or changed in place, or a
-forward hook is added or removed (the copy carries the hooks the network had when it was made).
+original is used; so is a network that cannot be copied, or whose tensors keep no version counter
+(made under inference mode); one that does not trace is copied without folding. Twins, and refusals,
+are cached per network and made again when any of its parameters or buffers is replaced or changed
+in place, or a forward hook is added or removed (the copy carries the hooks the network had when it
+was made).
 """
 
 from __future__ import annotations
@@ -41,17 +43,18 @@ def forward_twin(network: nn.Module, sample: Tensor, channels_last: bool) -> nn.
     (4-D inputs only) the twin's 4-D weights are channels_last, and so must its inputs be.
     """
     key = _state_key(network, channels_last)
+    if key is None:  # no way to tell when its weights change, so no twin to keep in step
+        return network
     with _lock:
         cached = _twins.get(network)
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
+    if cached is not None and cached[0] == key:
+        return network if cached[1] is None else cached[1]
     twin = _make_twin(network, channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if twin is not network and not _same_outputs(network, twin, sample[:1], layout):
         twin = network
-    if key is not None and twin is not network:
-        with _lock:
-            _twins[network] = (key, twin)
+    with _lock:  # a refusal is kept too (as None: the network as its own value would never be collected)
+        _twins[network] = (key, None if twin is network else twin)
     return twin
 
 
