@@ -21,7 +21,9 @@ def held_out() -> tuple[torch.Tensor, torch.Tensor]:
 def test_the_committed_weights_have_the_stated_accuracy(registry):
     assert STATED >= 95.0
     measured = accuracy(registry.network("lenet5-shapes"), *held_out()) * 100
-    assert abs(measured - STATED) < 0.01
+    # Another CPU rounds the last bits of some logits differently; an image whose two best classes are
+    # that close can flip. 0.05 points = 5 of 10,000 images.
+    assert abs(measured - STATED) < 0.05
 
 
 def test_training_from_scratch_reproduces_the_accuracy_within_a_point():

@@ -1,4 +1,4 @@
-"""The OoD-head command: from the synthetic shapes (bit for bit) and from an image folder."""
+"""The OoD-head command: from the synthetic shapes (the committed head, within tolerances) and from an image folder."""
 
 from __future__ import annotations
 
@@ -8,18 +8,40 @@ import pytest
 import torch
 from PIL import Image
 
-from models.loading import sha256_of
 from models.registry import BUNDLED, ModelRegistry
 from models.shapes import CLASSES, generate
 from workers import train_ood
 from workers.xai import OoDNet
 
 
-def test_the_committed_head_is_trained_again_bit_for_bit_by_its_command(tmp_path):
+# Training runs 10 epochs of SGD in float32; another CPU (other SIMD widths, other summation order in
+# oneDNN/MKL kernels) changes results in the last bits and those differences grow over the epochs, so the
+# file is not the same bit for bit everywhere (seen: another SHA-256 on an AMD EPYC with the same AUROCs).
+# The head must be the same model: every tensor within 1% of its norm, and the AUROCs the docs state
+# within 0.01 (1,000 x 1,000 pairs: one score that moves past ten others changes an AUROC by 1e-5).
+WEIGHT_TOLERANCE = 0.01
+AUROC_TOLERANCE = 0.01
+STATED_AUROCS = {"uniform noise": 0.913, "unseen shapes": 0.666}  # docs/models.md, the centred head
+
+
+def test_the_committed_head_is_trained_again_by_its_command(tmp_path, capsys):
     train_ood.main(["--model", "lenet5-shapes", "--shapes", "--out", str(tmp_path)])
-    text = (BUNDLED / "lenet5-shapes" / "manifest.toml").read_text()
-    committed = re.search(r'\[ood_head\][^\[]*sha256 = "([0-9a-f]{64})"', text).group(1)
-    assert sha256_of(tmp_path / "ood_head.pt") == committed
+    printed = capsys.readouterr().out
+    measured = {
+        "uniform noise": float(re.search(r"vs uniform noise: ([0-9.]+)", printed)[1]),
+        "unseen shapes": float(re.search(r"vs unseen shapes .*: ([0-9.]+)", printed)[1]),
+    }
+    for name, stated in STATED_AUROCS.items():
+        assert abs(measured[name] - stated) <= AUROC_TOLERANCE, (name, measured[name], stated)
+    committed = torch.load(BUNDLED / "lenet5-shapes" / "ood_head.pt", weights_only=True)
+    retrained = torch.load(tmp_path / "ood_head.pt", weights_only=True)
+    assert committed.keys() == retrained.keys()
+    for name, tensor in committed.items():
+        if not tensor.is_floating_point():
+            assert torch.equal(tensor, retrained[name]), name  # counters (BatchNorm's batches seen)
+            continue
+        distance = float((retrained[name] - tensor).norm() / tensor.norm().clamp_min(1e-12))
+        assert distance <= WEIGHT_TOLERANCE, (name, distance)
 
 
 def image_folder(root, per_class: int = 6, classes=CLASSES):
