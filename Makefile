@@ -25,7 +25,7 @@ openapi: install
 	$(VENV)/bin/xai openapi
 
 lint: install
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest

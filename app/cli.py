@@ -2,6 +2,7 @@
 
 xai serve            # the API on XAI_HOST:XAI_PORT; embedded jobs unless XAI_REDIS_URL is set
 xai worker           # a Celery worker for XAI_WORKER_MODELS (prefork, one process)
+xai worker-health    # exit 0 when this host's worker has loaded its models (compose healthcheck)
 xai openapi [--check]
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
-from app.settings import get_settings
+from core.settings import Settings, get_settings
 
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 # glibc hands large freed blocks back to the OS after every pass unless told otherwise (DESIGN, "Speed").
@@ -32,17 +34,40 @@ def _with_allocator(argv: list[str]) -> None:
         os.execvpe(sys.executable, [sys.executable, "-m", "app.cli", *argv], {**os.environ, **ALLOCATOR})
 
 
+def worker_health(settings: Settings) -> int:
+    """0 when a worker process of this host beats and has loaded every model it is meant to serve."""
+    from core.kv import RedisKeyValue
+    from core.telemetry import Telemetry
+    from models.registry import ModelRegistry
+
+    wanted = set(settings.worker_models or ModelRegistry(settings.model_dirs).names())
+    host = socket.gethostname()
+    try:
+        beats = Telemetry(RedisKeyValue(settings.redis_url or "redis://127.0.0.1:6379/0")).workers()
+    except Exception as error:
+        print(f"unhealthy: the store is unreachable ({type(error).__name__})")
+        return 1
+    mine = {name: beat for name, beat in beats.items() if name.split(":")[0].endswith(f"@{host}")}
+    for name, beat in mine.items():
+        if wanted <= set(beat.get("models", [])):
+            print(f"healthy: {name} serves {sorted(wanted)}")
+            return 0
+    print(f"unhealthy: no worker process of {host} serves {sorted(wanted)}: {mine or 'no heartbeat'}")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="xai", description="xai-service")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API")
-    worker = commands.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo"], help="solo: development only")
-    worker.add_argument("--concurrency", type=int, default=1, help="processes; one per GPU")
+    commands.add_parser("worker", help="run a Celery worker (python -m workers.worker --help)", add_help=False)
+    commands.add_parser("worker-health", help="exit 0 when this host's worker serves its models")
     spec = commands.add_parser("openapi", help="write openapi/openapi.json")
     spec.add_argument("--check", action="store_true", help="fail when the committed file differs")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     settings = get_settings()
 
     if args.command == "openapi":
@@ -62,22 +87,11 @@ def main(argv: list[str] | None = None) -> None:
         mode = "embedded jobs" if settings.embedded else f"jobs through {settings.redis_url}"
         print(f"xai-service on http://{settings.host}:{settings.port} ({mode}); docs at /docs", flush=True)
         uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port, log_level="info")
+    elif args.command == "worker-health":
+        sys.exit(worker_health(settings))
     else:
-        _with_allocator(argv)
-        from models.registry import ModelRegistry
-        from workers.celery_app import celery, queue_of
-
-        models = settings.worker_models or ModelRegistry(settings.model_dirs).names()
-        celery.worker_main(
-            [
-                "worker",
-                f"--pool={args.pool}",
-                f"--concurrency={args.concurrency}",
-                "--loglevel=INFO",
-                "-Q",
-                ",".join(queue_of(model) for model in models),
-            ]
-        )
+        # The worker is another program (workers/worker.py): started, not imported by the API package.
+        os.execvpe(sys.executable, [sys.executable, "-m", "workers.worker", *rest], {**os.environ, **ALLOCATOR})
 
 
 if __name__ == "__main__":

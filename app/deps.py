@@ -1,4 +1,4 @@
-"""What the routes get injected: settings, the model registry, the dispatcher (and its store)."""
+"""What the routes get injected: settings, the model registry, the dispatcher (its job records and telemetry)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.dispatch import Dispatcher
-from app.settings import Settings
+from core.settings import Settings
 from models.registry import ModelRegistry
 
 

@@ -1,35 +1,55 @@
 """How a job gets to a worker: Celery over Redis, or an in-process pool (the embedded default).
 
-Both run the same function (``workers.runner.run_job``); only the transport differs. The API
-talks to a :class:`Dispatcher` and never imports torch itself: the embedded dispatcher imports the
-worker code when it is created, and only in that mode.
+Both run the same function (``workers.job_runner.run_job``); only the transport differs. The API
+talks to a :class:`Dispatcher` and never imports ``workers``, except the embedded dispatcher's
+lazy import of the job runner, in that mode only (the import-linter contract in pyproject.toml
+names this one exception).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.contract import JobSpec
-from app.errors import ApiError
-from app.job_store import JobStore, MemoryJobStore, RedisJobStore
-from app.settings import Settings
+from core.contract import JobSpec, JobView
+from core.errors import ErrorCode, ServiceError
+from core.jobs import JobRecords
+from core.kv import KeyValue, MemoryKeyValue, RedisKeyValue
+from core.settings import Settings
+from core.telemetry import Telemetry, load_errors, serving
 from models.registry import ModelRegistry
+
+WORKERS_CACHE_S = 1.0  # how long the API trusts its last read of the heartbeats
 
 
 class Dispatcher(ABC):
-    store: JobStore
+    kv: KeyValue
+    records: JobRecords
+    telemetry: Telemetry
 
     @abstractmethod
-    def submit(self, spec: JobSpec) -> None: ...
+    def submit(self, spec: JobSpec) -> None:
+        """Send a created job to a worker; ServiceError (and the job failed) when it cannot be sent."""
 
-    def cancel(self, job_id: str) -> None:
-        """Cancel now if queued; ask the worker to stop between batches if running."""
-        self.store.request_cancel(job_id)
-        self.store.update(job_id, state="cancelled", only_from={"queued"}, finished_at=time.time())
+    def cancel(self, job_id: str) -> JobView | None:
+        """Cancel now if queued; ask the worker to stop at its next batch if running."""
+        return self.records.cancel(job_id)
+
+    @abstractmethod
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Per model: the live workers that loaded it (``workers``) and load errors (``errors``)."""
+
+    def require_worker(self, model: str) -> None:
+        """ServiceError ``no_worker`` (503) when no live worker has loaded ``model``."""
+        state = self.models().get(model, {})
+        if not state.get("workers"):
+            errors = state.get("errors") or {}
+            why = f": {next(iter(errors.values()))}" if errors else ""
+            raise ServiceError(ErrorCode.no_worker, f"no live worker serves model {model!r}{why}", "model")
 
     @abstractmethod
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
@@ -37,55 +57,66 @@ class Dispatcher(ABC):
     @abstractmethod
     def queue_depth(self) -> dict[str, int]: ...
 
-    @abstractmethod
     def layers(self, model: str) -> list[str] | None:
         """The model's layers usable by layer methods, once a worker has loaded it."""
+        try:
+            return self.telemetry.layers(model)
+        except Exception:  # the store is away: the worker checks the layer itself
+            return None
 
     def close(self) -> None:
-        return None
+        self.kv.close()
 
 
 class EmbeddedDispatcher(Dispatcher):
     """A small bounded thread pool in the API process; jobs beyond its queue get 503."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        from workers.job_runner import JobRunner  # the one import of workers by the API
         from workers.model_host import ModelHost
-        from workers.runner import run_job
 
-        self.store = MemoryJobStore(settings.result_ttl_s)
+        self.kv = MemoryKeyValue()
+        self.records = JobRecords(self.kv, settings.result_ttl_s)
+        self.telemetry = Telemetry(self.kv)
         self.host = ModelHost(registry, settings.device)
-        self.host.warm_up()
-        self._run_job = run_job
+        self.host.load_all()
+        for name in self.host.served:
+            self.telemetry.put_layers(name, self.host.layers(name))
+        self.runner = JobRunner(self.records, self.telemetry, self.host, settings, owner="embedded")
         self._pool = ThreadPoolExecutor(settings.embedded_workers, thread_name_prefix="xai-job")
         self._slots = threading.BoundedSemaphore(settings.embedded_queue)
-        self._capacity = settings.embedded_queue
+        self._waiting = 0
+        self._count_lock = threading.Lock()
 
     def submit(self, spec: JobSpec) -> None:
         if not self._slots.acquire(blocking=False):
-            self.store.update(
-                spec.job_id,
-                state="failed",
-                finished_at=time.time(),
-                error={"code": "queue_full", "message": "too many jobs waiting"},
-            )
-            raise ApiError("queue_full", "too many jobs are waiting; try again later")
+            self.records.fail(spec.job_id, ErrorCode.queue_full, "too many jobs waiting")
+            raise ServiceError(ErrorCode.queue_full, "too many jobs are waiting; try again later")
+        with self._count_lock:
+            self._waiting += 1
         self._pool.submit(self._run, spec.job_id)
 
     def _run(self, job_id: str) -> None:
         try:
-            self._run_job(job_id, self.store, self.host)
+            self.runner.run(job_id)
         finally:
+            with self._count_lock:
+                self._waiting -= 1
             self._slots.release()
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {"workers": ["embedded"] if name in self.host.served else [], "errors": {}}
+            for name in self.host.registry.names()
+        } | {name: {"workers": [], "errors": {"embedded": error}} for name, error in self.host.failed.items()}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         alive = not self._pool._shutdown
-        return alive, {"mode": "embedded", "pool": "up" if alive else "down", "models": self.host.served}
+        detail = {"mode": "embedded", "pool": "up" if alive else "down", "models": self.host.served}
+        return alive and bool(self.host.served), detail | {"failed": self.host.failed}
 
     def queue_depth(self) -> dict[str, int]:
-        return {"embedded": self._capacity - self._slots._value}
-
-    def layers(self, model: str) -> list[str] | None:
-        return self.host.layers(model)
+        return {"embedded": self._waiting}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -95,50 +126,61 @@ class CeleryDispatcher(Dispatcher):
     """Tasks on one Redis queue per model; our job records in the same Redis."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
-        from workers.celery_app import make_celery, queue_of
+        from core.queues import make_celery, queue_of
 
-        self.store = RedisJobStore(settings.redis_url, settings.result_ttl_s)  # type: ignore[arg-type]
+        self.kv = RedisKeyValue(settings.redis_url)  # type: ignore[arg-type]
+        self.records = JobRecords(self.kv, settings.result_ttl_s)
+        self.telemetry = Telemetry(self.kv)
         self.celery = make_celery(settings)
         self._queue_of = queue_of
-        self._models = registry.names()
+        self._names = registry.names()
+        self._seen: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._lock = threading.Lock()
 
     def submit(self, spec: JobSpec) -> None:
-        from workers.celery_app import TASK
+        from core.queues import TASK
 
         try:
             self.celery.send_task(TASK, args=[spec.job_id], queue=self._queue_of(spec.model), task_id=spec.job_id)
         except Exception as error:  # the broker is down or refused the message
-            self.store.update(
-                spec.job_id,
-                state="failed",
-                finished_at=time.time(),
-                error={"code": "unavailable", "message": "the job queue is unreachable"},
-            )
-            raise ApiError("unavailable", f"the job queue is unreachable: {type(error).__name__}") from None
+            with contextlib.suppress(Exception):  # the store may be away with the broker: the record expires
+                self.records.fail(spec.job_id, ErrorCode.unavailable, "the job queue is unreachable")
+            raise ServiceError(ErrorCode.unavailable, f"the job queue is unreachable: {type(error).__name__}") from None
 
-    def cancel(self, job_id: str) -> None:
-        super().cancel(job_id)
-        self.celery.control.revoke(job_id)
+    def _workers(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            at, workers = self._seen
+            if time.monotonic() - at > WORKERS_CACHE_S:
+                workers = self.telemetry.workers()
+                self._seen = (time.monotonic(), workers)
+            return workers
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        workers = self._workers()
+        served, errors = serving(workers), load_errors(workers)
+        return {name: {"workers": served.get(name, []), "errors": errors.get(name, {})} for name in self._names}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         try:
-            self.store.client.ping()
+            self.kv.ping()
+            workers = self.telemetry.workers()
         except Exception as error:
             return False, {"mode": "celery", "broker": f"unreachable: {type(error).__name__}", "workers": {}}
-        workers = self.store.workers()
-        return bool(workers), {"mode": "celery", "broker": "up", "workers": workers}
+        served = serving(workers)
+        detail = {
+            "mode": "celery",
+            "broker": "up",
+            "workers": workers,
+            "models": {name: len(served.get(name, [])) for name in self._names},
+        }
+        return bool(served), detail
 
     def queue_depth(self) -> dict[str, int]:
         try:
-            return {model: int(self.store.client.llen(self._queue_of(model))) for model in self._models}
+            client = self.kv.client  # type: ignore[attr-defined]
+            return {model: int(client.llen(self._queue_of(model))) for model in self._names}
         except Exception:
             return {}
-
-    def layers(self, model: str) -> list[str] | None:
-        try:
-            return self.store.layers(model)
-        except Exception:
-            return None
 
 
 def make_dispatcher(settings: Settings, registry: ModelRegistry) -> Dispatcher:

@@ -1,7 +1,8 @@
 """One error shape for every 4xx/5xx: ``{"error": {"code", "message", "field"}}``.
 
-Codes are stable strings clients can switch on; the HTTP status of each is decided here only.
-No traceback ever leaves the server: anything unexpected is logged and answered as ``internal``.
+The codes and their statuses are ``core/errors.py``; this module turns every failure of a request
+into that shape. A 503 carries ``Retry-After``. No traceback ever leaves the server: anything
+unexpected is logged and answered as ``internal``.
 """
 
 from __future__ import annotations
@@ -14,89 +15,79 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import ErrorCode, ServiceError, status_of
+from core.methods import METHODS
+
 log = logging.getLogger(__name__)
 
-STATUS = {
-    "invalid_request": 422,
-    "invalid_parameter": 422,
-    "invalid_image": 422,
-    "target_out_of_range": 422,
-    "no_ood_head": 422,
-    "unknown_model": 404,
-    "unknown_method": 404,
-    "unknown_layer": 422,
-    "job_not_found": 404,
-    "job_finished": 409,
-    "timeout": 504,
-    "map_not_found": 404,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "queue_full": 503,
-    "unavailable": 503,
-    "internal": 500,
-}
 
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
-
-    @property
-    def status(self) -> int:
-        return STATUS[self.code]
-
-
-def error_body(code: str, message: str, field: str | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "field": field}}
+def error_response(code: ErrorCode, message: str, field: str | None = None) -> JSONResponse:
+    status = status_of(code)
+    headers = {"Retry-After": str(status.retry_after_s or 5)} if status.http == 503 else None
+    body = {"error": {"code": code.value, "message": message, "field": field}}
+    return JSONResponse(body, status_code=status.http, headers=headers)
 
 
 def field_path(location: tuple | list, prefix: str = "") -> str | None:
     """A pydantic error location as a field path: ``methods[0].params.steps``.
 
-    Where the request reached it, the transport (body, query) and union branch tags
-    (``TopK``, ``list[int]``) are left out.
+    Where the request reached it, the transport (body, query), union branch tags (``TopK``,
+    ``list[int]``) and the method name that picked a method's call model are left out.
     """
     path = prefix
+    previous: object = None
     for part in location:
         text = str(part)
-        if text in ("body", "query", "path", "form") or "[" in text or text[:1].isupper():
+        skip = text in ("body", "query", "path", "form") or "[" in text or text[:1].isupper()
+        if skip or (isinstance(previous, int) and text in METHODS):
+            previous = part
             continue
         path += f"[{text}]" if isinstance(part, int) or text.isdigit() else (f".{text}" if path else text)
+        previous = part
     return path or None
 
 
-def first_error(errors: list[dict], prefix: str = "") -> tuple[str | None, str]:
-    """(field, message) of the most specific of pydantic's errors (the deepest location)."""
+def classify(errors: list[dict], prefix: str = "") -> ServiceError:
+    """The most specific of pydantic's errors (the deepest location) as a :class:`ServiceError`."""
     best = max(errors, key=lambda error: len(field_path(error.get("loc", ())) or ""))
     field = field_path(best.get("loc", ()), prefix)
+    kind = best.get("type", "")
+    if kind in ("union_tag_invalid", "union_tag_not_found") and field and field.split(".")[-1].startswith("methods["):
+        field = f"{field}.name"
+        if kind == "union_tag_invalid":
+            tag = best.get("ctx", {}).get("tag")
+            return ServiceError(ErrorCode.unknown_method, f"unknown method {tag!r}; see GET /methods", field)
+        return ServiceError(ErrorCode.invalid_request, f"{field}: a method needs a name (see GET /methods)", field)
     message = best.get("msg", "invalid value")
-    return field, f"{field}: {message}" if field else message
+    message = f"{field}: {message}" if field else message
+    code = ErrorCode.invalid_parameter if field and ".params" in field else ErrorCode.invalid_request
+    return ServiceError(code, message, field)
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(error.code, error.message, error.field), status_code=error.status)
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error.code, error.message, error.field)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        field, message = first_error(list(error.errors()))
-        return JSONResponse(error_body("invalid_request", message, field), 422)
+        failure = classify(list(error.errors()))
+        return error_response(failure.code, failure.message, failure.field)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid_request")
-        return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code)
+        code = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed}.get(
+            error.status_code, ErrorCode.invalid_request
+        )
+        body = {"error": {"code": code.value, "message": str(error.detail), "field": None}}
+        return JSONResponse(body, status_code=error.status_code)
 
     @app.exception_handler(RedisError)
     async def store_unreachable(request: Request, error: RedisError) -> JSONResponse:
         log.warning("job store unreachable on %s %s: %s", request.method, request.url.path, error)
-        return JSONResponse(error_body("unavailable", "the job store is unreachable; try again later"), 503)
+        return error_response(ErrorCode.unavailable, "the job store is unreachable; try again later")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal", "the server failed to handle the request"), status_code=500)
+        return error_response(ErrorCode.internal, "the server failed to handle the request")

@@ -9,12 +9,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import errors
-from app.contract import ExplainJSON
 from app.dispatch import Dispatcher, make_dispatcher
 from app.metrics import Metrics
 from app.routes import catalog, explain, health, jobs, predict
-from app.routes.predict import PredictJSON
-from app.settings import Settings, get_settings
+from core.contract import ExplainJSON, PredictJSON
+from core.settings import Settings, get_settings
 from models.registry import ModelRegistry
 
 DESCRIPTION = """Classify images with PyTorch models and explain each decision with saliency maps.

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests by route and status (this process), and, read from the job store
+"""Prometheus metrics: requests by route and status (this process), and, read from the store
 at scrape time, job durations by method, failures by code and queue depth (all workers)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from app.dispatch import Dispatcher
-from app.job_store import DURATION_BUCKETS
+from core.telemetry import DURATION_BUCKETS
 
 
 class _StoreCollector:
@@ -20,8 +20,8 @@ class _StoreCollector:
 
     def collect(self):
         try:
-            sums, buckets = self.dispatcher.store.durations()
-            failures = self.dispatcher.store.failures()
+            sums, buckets = self.dispatcher.telemetry.durations()
+            failures = self.dispatcher.telemetry.failures()
             depth = self.dispatcher.queue_depth()
         except Exception:  # the store is away: scrape what this process has
             return

@@ -1,62 +1,55 @@
-"""Turn a client's request into a :class:`JobSpec`, or an :class:`ApiError` naming the field."""
+"""Turn a client's request into a :class:`JobSpec` and the decoded pixels, or a ServiceError naming the field.
+
+This is the one place a request is checked: the worker trusts the spec it is given.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
-from pydantic import ValidationError
-
-from app.contract import ExplainOptions, JobSpec, MethodCall, TopK
-from app.dispatch import Dispatcher
-from app.errors import ApiError, first_error
-from app.images import ImageRejected, decode_image
-from app.settings import Settings
+from core.contract import ExplainOptions, JobSpec, TopK
+from core.errors import ErrorCode, ServiceError
+from core.images import ImageRejected, decode_image
+from core.methods import METHODS, MethodCallBase
+from core.settings import Settings
 from models.manifest import Manifest, UnknownModelError
 from models.registry import ModelRegistry
-from workers.method_registry import METHODS
+
+Layers = Callable[[str], list[str] | None]  # model -> its layers usable by layer methods, once known
 
 
 def manifest_of(registry: ModelRegistry, model: str, field: str = "model") -> Manifest:
     try:
         return registry.manifest(model)
     except UnknownModelError as error:
-        raise ApiError("unknown_model", str(error), field) from None
+        raise ServiceError(ErrorCode.unknown_model, str(error), field) from None
 
 
-def check_methods(calls: list[MethodCall], manifest: Manifest, dispatcher: Dispatcher) -> list[MethodCall]:
+def check_methods(calls: list[MethodCallBase], manifest: Manifest, layers: Layers) -> None:
     seen: set[str] = set()
-    checked = []
     for index, call in enumerate(calls):
-        spec = METHODS.get(call.name)
-        if spec is None:
-            raise ApiError(
-                "unknown_method", f"unknown method {call.name!r}; see GET /methods", f"methods[{index}].name"
-            )
+        method = METHODS[call.name]
         if call.name in seen:
-            raise ApiError("invalid_parameter", f"method {call.name!r} is asked for twice", f"methods[{index}].name")
+            raise ServiceError(
+                ErrorCode.invalid_parameter, f"method {call.name!r} is asked for twice", f"methods[{index}].name"
+            )
         seen.add(call.name)
-        try:
-            params = spec.params.model_validate(call.params)
-        except ValidationError as error:
-            field, message = first_error(error.errors(), f"methods[{index}].params")
-            raise ApiError("invalid_parameter", message, field) from None
-        if spec.needs_ood_head and manifest.ood_head is None:
-            raise ApiError(
-                "no_ood_head",
+        if method.needs_ood_head and manifest.ood_head is None:
+            raise ServiceError(
+                ErrorCode.no_ood_head,
                 f"method {call.name!r} needs an OoD head, which model {manifest.name!r} lacks",
                 f"methods[{index}].name",
             )
-        layer = getattr(params, "layer", None)
+        layer = getattr(call.params, "layer", None)
         if layer is not None:
-            known = dispatcher.layers(manifest.name)
+            known = layers(manifest.name)
             if known is not None and layer not in known:
-                raise ApiError(
-                    "unknown_layer",
+                raise ServiceError(
+                    ErrorCode.unknown_layer,
                     f"layer {layer!r} is not a spatial layer of {manifest.name!r} (see GET /models/{manifest.name})",
                     f"methods[{index}].params.layer",
                 )
-        checked.append(MethodCall(name=call.name, params=params.model_dump(mode="json")))
-    return checked
 
 
 def resolve_targets(
@@ -68,19 +61,23 @@ def resolve_targets(
         return None, 1
     if isinstance(targets, TopK):
         if targets.top_k > limit:
-            raise ApiError("invalid_parameter", f"top_k must be <= {limit}", "targets.top_k")
+            raise ServiceError(ErrorCode.invalid_parameter, f"top_k must be <= {limit}", "targets.top_k")
         return None, targets.top_k
     if len(targets) != image_count:
-        raise ApiError("invalid_parameter", f"targets has {len(targets)} entries for {image_count} images", "targets")
+        raise ServiceError(
+            ErrorCode.invalid_parameter, f"targets has {len(targets)} entries for {image_count} images", "targets"
+        )
     resolved = []
     for index, entry in enumerate(targets):
         ids = [entry] if isinstance(entry, int) else entry
         if not ids or len(ids) > limit:
-            raise ApiError("invalid_parameter", f"give 1 to {limit} class ids per image", f"targets[{index}]")
+            raise ServiceError(
+                ErrorCode.invalid_parameter, f"give 1 to {limit} class ids per image", f"targets[{index}]"
+            )
         for class_id in ids:
             if not 0 <= class_id < manifest.num_classes:
-                raise ApiError(
-                    "target_out_of_range",
+                raise ServiceError(
+                    ErrorCode.target_out_of_range,
                     f"class id {class_id} is out of range for {manifest.name!r} (0..{manifest.num_classes - 1})",
                     f"targets[{index}]",
                 )
@@ -88,44 +85,40 @@ def resolve_targets(
     return resolved, 1
 
 
-def decode_all(files: list[bytes], settings: Settings) -> list[tuple[int, int]]:
-    """Check every upload decodes within the limits; returns their (width, height)."""
+def decode_all(files: list[bytes], settings: Settings) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Decode every upload within the limits, once: (RGB pixels of each, its (width, height))."""
     if not files:
-        raise ApiError("invalid_request", "give at least one image", "images")
+        raise ServiceError(ErrorCode.invalid_request, "give at least one image", "images")
     if len(files) > settings.max_images:
-        raise ApiError("invalid_request", f"at most {settings.max_images} images per request", "images")
-    sizes = []
+        raise ServiceError(ErrorCode.invalid_request, f"at most {settings.max_images} images per request", "images")
+    pixels, sizes = [], []
     for index, data in enumerate(files):
         if len(data) > settings.max_upload_bytes:
-            raise ApiError(
-                "payload_too_large",
+            raise ServiceError(
+                ErrorCode.payload_too_large,
                 f"image {index} has {len(data)} bytes; the limit is {settings.max_upload_bytes}",
                 f"images[{index}]",
             )
         try:
-            sizes.append(
-                decode_image(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels).size
-            )
+            image = decode_image(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
         except ImageRejected as error:
-            raise ApiError("invalid_image", f"image {index}: {error}", f"images[{index}]") from None
-    return sizes
+            raise ServiceError(ErrorCode.invalid_image, f"image {index}: {error}", f"images[{index}]") from None
+        pixels.append(image.tobytes())
+        sizes.append(image.size)
+    return pixels, sizes
 
 
 def build_spec(
-    options: ExplainOptions,
-    files: list[bytes],
-    registry: ModelRegistry,
-    dispatcher: Dispatcher,
-    settings: Settings,
-) -> JobSpec:
+    options: ExplainOptions, files: list[bytes], registry: ModelRegistry, layers: Layers, settings: Settings
+) -> tuple[JobSpec, list[bytes]]:
     manifest = manifest_of(registry, options.model)
-    methods = check_methods(options.methods, manifest, dispatcher)
-    sizes = decode_all(files, settings)
+    check_methods(options.methods, manifest, layers)
+    pixels, sizes = decode_all(files, settings)
     targets, top_k = resolve_targets(options.targets, manifest, len(files), settings)
-    return JobSpec(
+    spec = JobSpec(
         job_id=uuid.uuid4().hex,
         model=manifest.name,
-        methods=methods,
+        methods=options.methods,
         targets=targets,
         top_k=top_k,
         outputs=list(dict.fromkeys(options.outputs)),
@@ -134,3 +127,4 @@ def build_spec(
         image_count=len(files),
         image_sizes=sizes,
     )
+    return spec, pixels

@@ -1,44 +1,37 @@
-"""The Celery application: Redis as broker and result store, settings for long GPU jobs.
-
-Importing this module imports no torch: the API uses it to send tasks. The task itself lives in
-:mod:`workers.tasks`, which only a worker imports.
-"""
+"""The worker's Celery application (``core/queues.py`` plus the task module), and its safety check."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from app.settings import Settings, get_settings
-
-TASK = "xai.run_job"
-
-
-def queue_of(model: str) -> str:
-    """One queue per model: a worker consumes the queues of the models it serves."""
-    return f"xai.model.{model}"
+from core.queues import make_celery
+from core.settings import get_settings
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    url = settings.redis_url or "redis://127.0.0.1:6379/0"
-    app = Celery("xai", broker=url, backend=url, include=["workers.tasks"])
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_time_limit=settings.job_time_limit_s,
-        task_soft_time_limit=max(settings.job_time_limit_s - 5, 1),
-        # The broker re-delivers an unacknowledged task after this; it must exceed the time limit.
-        broker_transport_options={"visibility_timeout": settings.job_time_limit_s + 60},
-        result_expires=settings.result_ttl_s,
-        worker_max_memory_per_child=4_000_000,  # KiB: recycle a child whose RSS passed 4 GB
-        broker_connection_retry_on_startup=True,
-        task_default_queue="xai.default",
-    )
-    return app
+def unsafe_settings(app: Celery) -> list[str]:
+    """Why this Celery configuration could lose a job or run it twice (empty: it is safe)."""
+    conf = app.conf
+    problems = []
+    if not conf.task_acks_late:
+        problems.append("task_acks_late must be on: a task acknowledged before it ran is lost with its worker")
+    if not conf.task_reject_on_worker_lost:
+        problems.append("task_reject_on_worker_lost must be on: a killed child's task must go back to the queue")
+    if conf.worker_prefetch_multiplier != 1:
+        problems.append(f"worker_prefetch_multiplier must be 1, not {conf.worker_prefetch_multiplier}")
+    if set(conf.accept_content or []) != {"json"} or conf.task_serializer != "json":
+        problems.append("only JSON messages may be accepted (a pickled message runs code)")
+    visibility = (conf.broker_transport_options or {}).get("visibility_timeout", 3600)
+    hard, soft = conf.task_time_limit, conf.task_soft_time_limit
+    if not hard:
+        problems.append("task_time_limit must be set")
+    elif hard >= visibility:
+        problems.append(
+            f"the time limit ({hard} s) must be below the broker's visibility timeout ({visibility} s), "
+            "or the broker delivers a running task again"
+        )
+    if not soft or (hard and soft >= hard):
+        problems.append("task_soft_time_limit must be set below task_time_limit (it ends a job as a timeout)")
+    return problems
 
 
-celery = make_celery()
+celery = make_celery(get_settings(), include=["workers.tasks"])

@@ -1,4 +1,4 @@
-"""Explain a photo with every method and write the maps as PNG files.
+"""Explain a photo with every method (those needing an OoD head where the model has one) and write PNGs.
 
     python -m workers.explain_photo [--photo cat.jpg] [--model efficientnet-lite0] [--out out/maps] [--top-k 1]
 
@@ -14,22 +14,22 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from core.methods import METHODS
 from models.manifest import Manifest
 from models.preprocessing import map_to_photo, preprocess, to_rgb
 from models.registry import ModelRegistry
+from workers.methods import Context, all_calls, build_explainer, explain
+from workers.model_host import ModelHost
 from workers.render import heatmap, overlay
-from workers.xai import (
-    RISE,
-    Deconvolution,
-    GradCAM,
-    Gradient,
-    GuidedBackprop,
-    GuidedGradCAM,
-    InputXGradient,
-    IntegratedGradients,
-    Occlusion,
-    SmoothGrad,
-)
+
+# Cheaper settings than the service's defaults where a method has a cost knob: a photo in seconds.
+QUICK = {
+    "integrated_gradients": {"steps": 16},
+    "smoothgrad": {"samples": 16},
+    "occlusion": {"window": (14, 14)},
+    "rise": {"num_masks": 1000},
+    "rise_plus": {"num_masks": 1000},
+}
 
 
 def sample_photo() -> Image.Image:
@@ -63,29 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     ranked = zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)
     print("top classes:", ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
 
-    layer = manifest.gradcam_layer
-    explainers = {
-        "gradient": Gradient(network),
-        "deconvolution": Deconvolution(network),
-        "guided_backprop": GuidedBackprop(network),
-        "input_x_gradient": InputXGradient(network),
-        "integrated_gradients": IntegratedGradients(network, steps=16, internal_batch_size=16),
-        "smoothgrad": SmoothGrad(network, samples=16, seed=0, internal_batch_size=16),
-        "gradcam": GradCAM(network, layer=layer),
-        "guided_gradcam": GuidedGradCAM(network, layer=layer),
-        "occlusion": Occlusion(network, torch.nn.Softmax(dim=1), window=14, strides=14),
-        "rise": RISE(network, torch.nn.Softmax(dim=1), num_masks=1000, seed=0),
-    }
+    host = ModelHost(registry)
+    context = Context(network, manifest.gradcam_layer, seed=0, ood_net=host.ood_net(args.model))
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, explainer in explainers.items():
+    for call in all_calls(**QUICK):
+        if METHODS[call.name].needs_ood_head and context.ood_net is None:
+            print(f"{call.name:28s} skipped: {args.model} has no OoD head")
+            continue
         start = time.perf_counter()
-        maps = explainer(inputs, targets)[0].numpy()  # (k, H, W)
+        maps = explain(call, build_explainer(call, context), inputs, targets, lambda fraction: None)[0]
         elapsed = time.perf_counter() - start
-        for target, saliency in zip(targets[0].tolist(), maps, strict=True):
-            heatmap(saliency).save(args.out / f"{name}_{target}_heatmap.png")
+        for target, saliency in zip(targets[0].tolist(), maps.detach().numpy(), strict=True):
+            heatmap(saliency).save(args.out / f"{call.name}_{target}_heatmap.png")
             on_photo = map_to_photo(saliency, photo.size, manifest.preprocessing)
-            overlay(on_photo, photo).save(args.out / f"{name}_{target}_overlay.png")
-        print(f"{name:22s} {elapsed * 1000:8.1f} ms")
+            overlay(on_photo, photo).save(args.out / f"{call.name}_{target}_overlay.png")
+        print(f"{call.name:28s} {elapsed * 1000:8.1f} ms")
     print(f"maps written to {args.out}/")
 
 

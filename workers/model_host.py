@@ -1,7 +1,12 @@
-"""The models one worker process holds: networks, OoD heads, their layers, one lock each."""
+"""The models one worker process holds: networks, OoD heads, their layers, one lock each.
+
+Each model loads on its own: one that fails is recorded in ``failed`` with its error, and the
+others are served (``served``).
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 
@@ -13,14 +18,18 @@ from models.manifest import Manifest, WeightsError
 from models.registry import ModelRegistry
 from workers.xai import OoDNet
 
+log = logging.getLogger(__name__)
+
 
 class ModelHost:
     def __init__(self, registry: ModelRegistry, device: str = "cpu", served: Iterable[str] = ()) -> None:
         self.registry = registry
         self.device = device
-        self.served = list(served) or registry.names()
-        for name in self.served:
+        self.wanted = list(served) or registry.names()
+        for name in self.wanted:
             registry.manifest(name)  # unknown names fail at start-up
+        self.served: list[str] = []  # loaded, in the order wanted
+        self.failed: dict[str, str] = {}  # model -> why it did not load
         self._locks = {name: threading.Lock() for name in registry.names()}
         self._ood: dict[str, OoDNet | None] = {}
         self._layers: dict[str, list[str]] = {}
@@ -83,9 +92,15 @@ class ModelHost:
                 handle.remove()
         return [n for n, dims in calls.items() if dims == [4]]
 
-    def warm_up(self) -> None:
-        """Build every served model now (a worker does this before taking jobs)."""
-        for name in self.served:
-            self.network(name)
-            self.ood_net(name)
-            self.layers(name)
+    def load_all(self) -> None:
+        """Build every wanted model now, each on its own (a worker does this before taking its jobs)."""
+        for name in self.wanted:
+            try:
+                self.network(name)
+                self.ood_net(name)
+                self.layers(name)
+            except Exception as error:  # any failure of a user's model: it is unavailable, the rest serve
+                log.error("model %s failed to load: %s: %s", name, type(error).__name__, error)
+                self.failed[name] = f"{type(error).__name__}: {error}"
+            else:
+                self.served.append(name)

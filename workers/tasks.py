@@ -1,8 +1,12 @@
-"""The Celery task: a thin shell around ``workers.runner.run_job``.
+"""The Celery task, a thin shell around :class:`workers.job_runner.JobRunner`, and what each worker
+process keeps running beside it.
 
-Models are held per worker process (the prefork child, never the parent, so CUDA is initialised
-only where it is used), built when the child starts, and published to Redis with a heartbeat so
-the API knows a worker is ready and which layers each model offers.
+Models load in the prefork child (never the parent, so CUDA starts only where it is used), on a
+thread started when the child starts: the child reports itself up to Celery at once, however long
+the models take, so a slow CUDA start-up never runs into ``worker_proc_alive_timeout``. Only once a
+model has loaded does the worker consume its queue (``add_consumer``); a model that fails to load is
+never consumed and is reported in the heartbeat with its error. Beside the jobs, each process beats
+(its models, loaded or failed) and sweeps expired leases: a job whose worker died is sent again.
 """
 
 from __future__ import annotations
@@ -11,61 +15,137 @@ import logging
 import os
 import socket
 import threading
-from functools import cached_property
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready
 
-from app.job_store import RedisJobStore
-from app.settings import get_settings
+from core.jobs import JobRecords
+from core.kv import STORE_ERRORS, RedisKeyValue
+from core.queues import TASK, queue_of
+from core.settings import get_settings
+from core.telemetry import HEARTBEAT_S, Telemetry
 from models.registry import ModelRegistry
-from workers.celery_app import TASK, celery
+from workers.celery_app import celery
+from workers.job_runner import JobRunner, StoreUnavailable
 
 log = logging.getLogger(__name__)
+SWEEP_S = 5.0  # how often a process looks for expired leases
 
 
-class ModelTask(Task):
-    """Per-process resources, created on first use (or by the child's start-up hook)."""
+class WorkerProcess:
+    """One worker process: its store, its models (loaded on a thread), its heartbeat and sweeper."""
 
-    @cached_property
-    def store(self) -> RedisJobStore:
-        settings = get_settings()
-        return RedisJobStore(settings.redis_url or "redis://127.0.0.1:6379/0", settings.result_ttl_s)
-
-    @cached_property
-    def host(self):
+    def __init__(self) -> None:
         from workers.model_host import ModelHost
 
-        settings = get_settings()
-        host = ModelHost(ModelRegistry(settings.model_dirs), settings.device, settings.worker_models)
-        host.warm_up()
-        for name in host.served:
-            self.store.put_layers(name, host.layers(name))
-        self._start_heartbeat(host.served)
-        return host
+        self.settings = get_settings()
+        self.node = os.environ.get("XAI_NODE_NAME") or f"xai@{socket.gethostname()}"
+        self.name = f"{self.node}:{os.getpid()}"
+        self.kv = RedisKeyValue(self.settings.redis_url or "redis://127.0.0.1:6379/0")
+        self.records = JobRecords(self.kv, self.settings.result_ttl_s)
+        self.telemetry = Telemetry(self.kv)
+        self.host = ModelHost(
+            ModelRegistry(self.settings.model_dirs), self.settings.device, self.settings.worker_models
+        )
+        self.runner = JobRunner(
+            self.records, self.telemetry, self.host, self.settings, self.name, timeout_errors=(SoftTimeLimitExceeded,)
+        )
+        self.loaded = threading.Event()
+        self._stop = threading.Event()
 
-    def _start_heartbeat(self, models: list[str]) -> None:
-        worker = f"{socket.gethostname()}:{os.getpid()}"
+    def start(self) -> None:
+        for target, name in ((self._load, "xai-load"), (self._beat, "xai-heartbeat"), (self._sweep, "xai-sweep")):
+            threading.Thread(target=target, name=name, daemon=True).start()
 
-        def beat() -> None:
-            while True:
-                try:
-                    self.store.heartbeat(worker, models)
-                except Exception:  # Redis away for a moment: the next beat retries
-                    log.warning("heartbeat to Redis failed")
-                threading.Event().wait(5)
+    def _load(self) -> None:
+        try:
+            self.host.load_all()
+            for model in self.host.served:
+                self.telemetry.put_layers(model, self.host.layers(model))
+        except Exception:
+            log.exception("loading the models failed")
+        finally:
+            self.loaded.set()
+        self._beat_once()
+        for model in self.host.served:  # only now: a queue is consumed once its model can run
+            celery.control.add_consumer(queue_of(model), destination=[self.node], reply=False)
+        log.info("models loaded: %s; failed: %s", self.host.served, self.host.failed or "none")
 
-        threading.Thread(target=beat, name="xai-heartbeat", daemon=True).start()
+    def _beat_once(self) -> None:
+        try:
+            loading = not self.loaded.is_set()
+            self.telemetry.heartbeat(self.name, [] if loading else self.host.served, self.host.failed, loading)
+        except STORE_ERRORS:
+            log.warning("heartbeat: the store is unreachable")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._beat_once()
+
+    def _sweep(self) -> None:
+        self.loaded.wait()
+        while True:
+            try:
+                self.sweep()
+            except STORE_ERRORS:
+                log.warning("sweep: the store is unreachable")
+            except Exception:
+                log.exception("sweep failed")
+            if self._stop.wait(SWEEP_S):
+                return
+
+    def sweep(self) -> None:
+        """Send again every job whose lease expired (its worker died), or end it."""
+        settings = self.settings
+        for job_id in self.records.expired_leases():
+            outcome = self.records.reclaim(job_id, settings.max_attempts, settings.job_time_limit_s)
+            if outcome == "queued":
+                spec = self.records.spec(job_id)
+                if spec is not None:
+                    celery.send_task(TASK, args=[job_id], queue=queue_of(spec.model), task_id=job_id)
+                    log.warning("job %s: its worker was lost; sent again", job_id)
+            elif outcome == "failed":
+                log.error("job %s: its worker was lost and it cannot run again; failed", job_id)
 
 
-@celery.task(name=TASK, base=ModelTask, bind=True)
-def run_job(self: ModelTask, job_id: str) -> str:
-    from workers.runner import run_job as run
+_process: WorkerProcess | None = None
+_process_lock = threading.Lock()
 
-    return run(job_id, self.store, self.host)
+
+def worker_process() -> WorkerProcess:
+    global _process
+    with _process_lock:
+        if _process is None or _process.name.rsplit(":", 1)[1] != str(os.getpid()):
+            _process = WorkerProcess()
+            _process.start()
+        return _process
 
 
 @worker_process_init.connect
-def _load_models(**_: object) -> None:
-    """Build the models as soon as a prefork child starts, before it takes a job."""
-    run_job.host  # noqa: B018 - the property builds and caches them
+def _start_process(**_: object) -> None:
+    """A prefork child starts: load its models on a thread, so the child answers Celery at once."""
+    worker_process()
+
+
+@worker_ready.connect
+def _start_solo(**_: object) -> None:
+    """The solo pool runs tasks in the worker itself: it has no child to start."""
+    if os.environ.get("XAI_POOL") == "solo":
+        worker_process()
+
+
+class JobTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+
+
+@celery.task(name=TASK, base=JobTask, bind=True)
+def run_job(self: JobTask, job_id: str) -> str:
+    process = worker_process()
+    process.loaded.wait()
+    try:
+        return process.runner.run(job_id)
+    except StoreUnavailable as error:
+        log.error("job %s: %s; the message goes back to the queue", job_id, error)
+        raise Reject(str(error), requeue=True) from None

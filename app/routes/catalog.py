@@ -6,14 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.deps import DispatcherDep, RegistryDep
-from app.errors import ApiError
 from app.routes.responses import ERRORS
 from app.validation import manifest_of
+from core.errors import ErrorCode, ServiceError
+from core.kv import STORE_ERRORS
+from core.methods import METHODS
 from models.manifest import Manifest
-from workers.method_registry import METHODS, describe
 
 router = APIRouter(tags=["catalog"])
 
@@ -32,6 +33,8 @@ class ModelDetail(ModelSummary):
     labels: list[str]
     layers: list[str] | None = None
     preprocessing: dict[str, Any]
+    workers: list[str] = Field(description="Live workers that loaded the model; jobs for it get 503 while empty.")
+    load_errors: dict[str, str] = Field(description="Per worker, why it could not load the model.")
 
 
 class MethodInfo(BaseModel):
@@ -65,10 +68,16 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
 
 @router.get("/models/{name}", response_model=ModelDetail, operation_id="get_model", responses=ERRORS)
 async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep) -> ModelDetail:
-    """A model's labels, input, and the layers layer methods may use (null until a worker loaded it)."""
+    """A model's labels, input, the layers layer methods may use (null until a worker loaded it), and its workers."""
     manifest = manifest_of(registry, name, "name")
     layers = await run_in_threadpool(dispatcher.layers, manifest.name)
+    try:
+        state = (await run_in_threadpool(dispatcher.models)).get(manifest.name, {})
+    except STORE_ERRORS:  # the store is away: the model is described, its workers are unknown
+        state = {}
     return ModelDetail(
+        workers=state.get("workers", []),
+        load_errors=state.get("errors", {}),
         **_summary(manifest),
         labels=list(manifest.labels),
         layers=layers,
@@ -79,11 +88,11 @@ async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep
 @router.get("/methods", response_model=list[MethodInfo], operation_id="list_methods")
 def list_methods() -> list[MethodInfo]:
     """Every method with its parameters' JSON schema and defaults."""
-    return [MethodInfo(**describe(spec)) for spec in METHODS.values()]
+    return [MethodInfo(**method.describe()) for method in METHODS.values()]
 
 
 @router.get("/methods/{name}", response_model=MethodInfo, operation_id="get_method", responses=ERRORS)
 def read_method(name: str) -> MethodInfo:
     if name not in METHODS:
-        raise ApiError("unknown_method", f"unknown method {name!r}; known: {', '.join(METHODS)}", "name")
-    return MethodInfo(**describe(METHODS[name]))
+        raise ServiceError(ErrorCode.unknown_method, f"unknown method {name!r}; known: {', '.join(METHODS)}", "name")
+    return MethodInfo(**METHODS[name].describe())

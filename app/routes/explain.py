@@ -13,12 +13,13 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
-from app.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.dispatch import Dispatcher
-from app.errors import ApiError, first_error
+from app.errors import classify
 from app.routes.responses import ERRORS
 from app.validation import build_spec
+from core.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
+from core.errors import ErrorCode, ServiceError
 
 router = APIRouter(tags=["explain"])
 
@@ -41,9 +42,8 @@ BODY = {
 }
 
 
-def _invalid(error: ValidationError, prefix: str = "") -> ApiError:
-    field, message = first_error(error.errors(), prefix)
-    return ApiError("invalid_request", message, field)
+def _invalid(error: ValidationError, prefix: str = "") -> ServiceError:
+    return classify(list(error.errors()), prefix)
 
 
 async def read_body(
@@ -54,7 +54,9 @@ async def read_body(
     content_type = request.headers.get("content-type", "")
     length = int(request.headers.get("content-length") or 0)
     if length > settings_limit:
-        raise ApiError("payload_too_large", f"the request has {length} bytes; the limit is {settings_limit}")
+        raise ServiceError(
+            ErrorCode.payload_too_large, f"the request has {length} bytes; the limit is {settings_limit}"
+        )
     if content_type.startswith("application/json"):
         body = await request.body()
         try:
@@ -66,32 +68,34 @@ async def read_body(
             try:
                 files.append(base64.b64decode(text, validate=True))
             except (binascii.Error, ValueError):
-                raise ApiError("invalid_image", f"image {index} is not valid base64", f"images[{index}]") from None
+                raise ServiceError(
+                    ErrorCode.invalid_image, f"image {index} is not valid base64", f"images[{index}]"
+                ) from None
         return parsed, files
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=64, max_fields=16)
         uploads = form.getlist("images")
         files = [await upload.read() for upload in uploads if hasattr(upload, "read")]
         if len(files) != len(uploads):
-            raise ApiError("invalid_request", "images must be file uploads", "images")
+            raise ServiceError(ErrorCode.invalid_request, "images must be file uploads", "images")
         raw = form.get("options")
         if not isinstance(raw, str):
-            raise ApiError("invalid_request", "the form needs an 'options' field holding JSON", "options")
+            raise ServiceError(ErrorCode.invalid_request, "the form needs an 'options' field holding JSON", "options")
         try:
             return form_type.model_validate(json.loads(raw)), files
         except json.JSONDecodeError as error:
-            raise ApiError("invalid_request", f"options is not JSON: {error.msg}", "options") from None
+            raise ServiceError(ErrorCode.invalid_request, f"options is not JSON: {error.msg}", "options") from None
         except ValidationError as error:
             raise _invalid(error, "options") from None
-    raise ApiError("unsupported_media_type", "send application/json or multipart/form-data")
+    raise ServiceError(ErrorCode.unsupported_media_type, "send application/json or multipart/form-data")
 
 
 async def wait_for(dispatcher: Dispatcher, job_id: str, seconds: float) -> JobView:
     deadline = time.monotonic() + seconds
     while True:
-        view = await run_in_threadpool(dispatcher.store.view, job_id)
+        view = await run_in_threadpool(dispatcher.records.view, job_id)
         if view is None:
-            raise ApiError("job_not_found", f"job {job_id} expired while waiting")
+            raise ServiceError(ErrorCode.job_not_found, f"job {job_id} expired while waiting")
         if view.state in TERMINAL_STATES or time.monotonic() >= deadline:
             return view
         await asyncio.sleep(0.05)
@@ -115,8 +119,9 @@ async def create_explanation(
 ) -> JobView:
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
     options, files = await read_body(request, settings.max_request_bytes, ExplainJSON, ExplainOptions)
-    spec = await run_in_threadpool(build_spec, options, files, registry, dispatcher, settings)
-    view = await run_in_threadpool(dispatcher.store.create, spec, files)
+    spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.layers, settings)
+    await run_in_threadpool(dispatcher.require_worker, spec.model)
+    view = await run_in_threadpool(dispatcher.records.create, spec, pixels)
     await run_in_threadpool(dispatcher.submit, spec)
     request.app.state.metrics.jobs.labels(spec.model).inc()
     if wait > 0:

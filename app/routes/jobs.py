@@ -7,23 +7,27 @@ from typing import Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.contract import TERMINAL_STATES, JobView
 from app.deps import DispatcherDep, SettingsDep
-from app.errors import ApiError
 from app.routes.responses import ERRORS
+from core.contract import TERMINAL_STATES, JobView
+from core.errors import ErrorCode, ServiceError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="The job_id POST /explain returned.")
 
 
-def _missing(job_id: str, ttl_s: int) -> ApiError:
-    return ApiError("job_not_found", f"no job {job_id}: unknown, or expired ({ttl_s} s after it was created)", "job_id")
+def _missing(job_id: str, ttl_s: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.job_not_found,
+        f"no job {job_id}: unknown, or expired ({ttl_s} s after it was created)",
+        "job_id",
+    )
 
 
 @router.get("/{job_id}", response_model=JobView, operation_id="get_job", responses=ERRORS)
 async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
     """The job's state, progress, timings, and its result or error."""
-    view = await run_in_threadpool(dispatcher.store.view, job_id)
+    view = await run_in_threadpool(dispatcher.records.view, job_id)
     if view is None:
         raise _missing(job_id, settings.result_ttl_s)
     return view
@@ -38,13 +42,15 @@ async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str
 )
 async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
     """Cancel a queued job at once, or a running one at its next batch."""
-    view = await run_in_threadpool(dispatcher.store.view, job_id)
+    view = await run_in_threadpool(dispatcher.records.view, job_id)
     if view is None:
         raise _missing(job_id, settings.result_ttl_s)
     if view.state in TERMINAL_STATES:
-        raise ApiError("job_finished", f"job {job_id} already {view.state}", "job_id")
-    await run_in_threadpool(dispatcher.cancel, job_id)
-    return await run_in_threadpool(dispatcher.store.view, job_id) or view
+        raise ServiceError(ErrorCode.job_finished, f"job {job_id} already {view.state}", "job_id")
+    after = await run_in_threadpool(dispatcher.cancel, job_id)
+    if after is None:
+        raise _missing(job_id, settings.result_ttl_s)
+    return after
 
 
 @router.get(
@@ -62,9 +68,9 @@ async def read_map(
     form: Literal["heatmap", "overlay"] = Query("heatmap"),
 ) -> Response:
     """A rendered map of a finished job, as PNG."""
-    png = await run_in_threadpool(dispatcher.store.png, job_id, f"{image}/{method}/{target}/{form}")
+    png = await run_in_threadpool(dispatcher.records.png, job_id, f"{image}/{method}/{target}/{form}")
     if png is None:
-        raise ApiError(
-            "map_not_found", f"job {job_id} has no {form} for image {image}, method {method!r}, target {target}"
+        raise ServiceError(
+            ErrorCode.map_not_found, f"job {job_id} has no {form} for image {image}, method {method!r}, target {target}"
         )
     return Response(png, media_type="image/png")

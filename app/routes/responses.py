@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from app.contract import ErrorInfo
+from core.contract import ErrorInfo
 
 
 class ErrorBody(BaseModel):
@@ -18,6 +18,6 @@ ERRORS: dict[int | str, dict] = {
         (413, "An image or the request is too large"),
         (415, "Neither JSON nor multipart"),
         (422, "Invalid request; the error names the field"),
-        (503, "The job queue is full or unreachable"),
+        (503, "The job queue is full or unreachable, or no worker serves the model (see Retry-After)"),
     ]
 }

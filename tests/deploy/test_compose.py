@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from app.cli import ALLOCATOR
-from app.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -108,7 +108,7 @@ def test_every_xai_variable_is_a_setting_and_validates(monkeypatch: pytest.Monke
     xai = {name for name in names if name.startswith("XAI_")}
     assert {"XAI_REDIS_URL", "XAI_MODEL_DIRS", "XAI_DEVICE", "XAI_HOST"} <= xai
     unknown = sorted(name for name in xai if name.removeprefix("XAI_").lower() not in Settings.model_fields)
-    assert unknown == [], "not fields of app.settings.Settings"
+    assert unknown == [], "not fields of core.settings.Settings"
 
     for name, service in services.items():
         for key in list(Settings.model_fields):

@@ -183,7 +183,7 @@ def test_exif_orientation_is_applied():
     photo = shape_photos(1)[0].resize((40, 20))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees to display
-    from app.images import decode_image
+    from core.images import decode_image
 
     decoded = decode_image(encode(photo, "JPEG", exif=exif), max_bytes=10**6, max_pixels=10**6)
     assert decoded.size == (20, 40)
@@ -193,7 +193,7 @@ def test_an_animation_uses_its_first_frame(client):
     frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    from app.images import decode_image
+    from core.images import decode_image
 
     assert decode_image(buffer.getvalue(), max_bytes=10**6, max_pixels=10**6).getpixel((0, 0)) == (255, 0, 0)
     response = client.post("/explain?wait=60", json=body(images=[b64(buffer.getvalue())]))

@@ -7,9 +7,9 @@ import json
 import httpx
 import numpy as np
 
+from core.methods import METHODS
 from models.shapes import generate
 from tests.service.helpers import b64, encode, png, poll, raw_map, shape_photos
-from workers.method_registry import METHODS
 
 QUICK = {
     "integrated_gradients": {"steps": 8},

@@ -24,7 +24,7 @@ import sys, warnings
 warnings.simplefilter("ignore")
 from fastapi.testclient import TestClient
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 with TestClient(create_app(Settings(redis_url="redis://127.0.0.1:1/0"))) as client:
     assert client.get("/methods").status_code == 200
     assert client.get("/models/lenet5-shapes").status_code == 200
@@ -68,7 +68,10 @@ def test_a_generated_client_explains_and_polls(api, tmp_path):
         assert "lenet5-shapes" in [m.name for m in list_models.sync(client=client)]
         body = models.ExplainJSON(
             model="lenet5-shapes",
-            methods=[models.MethodCall(name="gradcam"), models.MethodCall(name="smoothgrad")],
+            methods=[
+                models.GradCAMCall(name="gradcam"),
+                models.SmoothGradCall(name="smoothgrad", params=models.SmoothGradParams(samples=4)),
+            ],
             images=[b64(encode(shape_photos(1)[0]))],
             targets=models.TopK(top_k=2),
         )
@@ -82,5 +85,6 @@ def test_a_generated_client_explains_and_polls(api, tmp_path):
         assert view.state.value == "succeeded"
         maps = view.result.images[0].maps
         assert [m.method for m in maps] == ["gradcam", "gradcam", "smoothgrad", "smoothgrad"]
+        assert models.IntegratedGradientsParams().steps == 32, "every method's defaults reach the client"
         png = client.get_httpx_client().get(maps[0].heatmap_url)
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")

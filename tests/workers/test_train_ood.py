@@ -13,7 +13,6 @@ from models.shapes import CLASSES, generate
 from workers import train_ood
 from workers.xai import OoDNet
 
-
 # Training runs 10 epochs of SGD in float32; another CPU (other SIMD widths, other summation order in
 # oneDNN/MKL kernels) changes results in the last bits and those differences grow over the epochs, so the
 # file is not the same bit for bit everywhere (seen: another SHA-256 on an AMD EPYC with the same AUROCs).

@@ -31,7 +31,14 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="Torch device of the worker: cpu, cuda, cuda:1, ...")
     result_ttl_s: int = Field(3600, ge=1, description="How long a job and its result are kept.")
     wait_cap_s: float = Field(30.0, ge=0, le=300, description="Upper bound of ?wait= on POST /explain.")
-    job_time_limit_s: int = Field(600, ge=10, description="A job running longer is stopped.")
+    job_time_limit_s: int = Field(600, ge=10, description="A job running longer is stopped (failed, code timeout).")
+    visibility_timeout_s: int | None = Field(
+        None, description="Celery: the broker redelivers an unacknowledged task after this. Default: time limit + 60 s."
+    )
+    max_attempts: int = Field(3, ge=1, le=20, description="Times a job is started before a lost worker fails it.")
+    lease_s: float = Field(
+        20.0, ge=2, le=600, description="A running job's lease; its worker renews it every quarter of this."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (decompression bombs).")
     max_images: int = Field(16, ge=1, description="Most images in one request.")
@@ -52,6 +59,10 @@ class Settings(BaseSettings):
     def max_request_bytes(self) -> int:
         """The most a request body may hold: every image at the limit, base64-encoded, plus 1 MiB."""
         return self.max_images * self.max_upload_bytes * 4 // 3 + (1 << 20)
+
+    @property
+    def visibility_timeout(self) -> int:
+        return self.visibility_timeout_s or self.job_time_limit_s + 60
 
     @property
     def embedded(self) -> bool:

@@ -1,7 +1,7 @@
 """Decode uploaded image files safely: size limits, EXIF orientation, first frame, RGB.
 
-Pillow only. The API decodes every upload before accepting a job (a bad image is a 4xx naming
-it); the worker decodes the stored bytes again with the same function.
+Pillow only. The API decodes every upload once, before accepting a job (a bad image is a 4xx
+naming it), and stores the RGB pixels the worker reads.
 """
 
 from __future__ import annotations

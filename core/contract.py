@@ -1,14 +1,17 @@
 """The request and result contract between the API and the workers. Pydantic only, no torch.
 
-The API validates a request into :class:`JobSpec`, stores it with the decoded images, and a worker
-turns it into a :class:`JobResult`. Both sides import this module and nothing else of each other.
+The API validates a request into :class:`JobSpec`, stores it with the decoded pixels, and a worker
+turns it into a :class:`JobResult`. The worker trusts a stored spec: it was validated at the edge.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import ErrorCode
+from core.methods import MethodCall
 
 OutputForm = Literal["raw", "heatmap", "overlay"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -17,11 +20,6 @@ TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"}
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class MethodCall(_Model):
-    name: str = Field(description="A method id from GET /methods, e.g. 'gradcam'.", examples=["gradcam"])
-    params: dict[str, Any] = Field({}, description="The method's parameters (its JSON schema is in GET /methods).")
 
 
 class TopK(_Model):
@@ -56,6 +54,17 @@ class ExplainJSON(ExplainOptions):
     images: list[str] = Field(min_length=1, description="Base64-encoded image files (PNG, JPEG, ...).")
 
 
+class PredictOptions(_Model):
+    """Everything of POST /predict but the images."""
+
+    model: str = Field(examples=["lenet5-shapes"])
+    top_k: int = Field(5, ge=1, le=1000, description="Classes listed per image (at least 5).")
+
+
+class PredictJSON(PredictOptions):
+    images: list[str] = Field(min_length=1, description="Base64-encoded image files.")
+
+
 class JobSpec(_Model):
     """What a worker runs: validated options, targets resolved per image where explicit."""
 
@@ -68,7 +77,7 @@ class JobSpec(_Model):
     render: RenderOptions
     seed: int | None = None
     image_count: int
-    image_sizes: list[tuple[int, int]] = Field(description="(width, height) of each decoded image.")
+    image_sizes: list[tuple[int, int]] = Field(description="(width, height) of each decoded image (RGB pixels).")
 
 
 class Prediction(_Model):
@@ -104,8 +113,13 @@ class JobResult(_Model):
     images: list[ImageResult]
 
 
+class Predictions(_Model):
+    model: str
+    images: list[ImageResult]
+
+
 class ErrorInfo(_Model):
-    code: str
+    code: ErrorCode
     message: str
     field: str | None = None
 
@@ -120,5 +134,6 @@ class JobView(_Model):
     started_at: float | None = None
     finished_at: float | None = None
     timings_ms: dict[str, float] = {}
+    attempts: int = Field(0, ge=0, description="Times a worker started the job (more than 1 after a worker was lost).")
     result: JobResult | None = None
     error: ErrorInfo | None = None

@@ -1,0 +1,275 @@
+"""Job records: the state machine of a job, its attempts and its lease, in the key-value store.
+
+A record (``xai:job:<id>``) beside the spec and the decoded pixels answers "no such job" (404) for
+an unknown or expired id, where Celery's result store would answer PENDING. Every change is one
+atomic transaction on the record, so the rules below hold whatever runs concurrently:
+
+- ``queued -> running`` only through :meth:`JobRecords.claim`, which takes a *lease*: the worker
+  that holds it, until when, and the attempt number. A job whose lease is alive is never claimed
+  again; one whose lease expired (its worker died) may be, until ``max_attempts`` is spent.
+- A worker writes progress and the final state only while the record still names its attempt
+  (a fencing token): a worker that lost its lease can compute, but none of its writes land.
+- :meth:`JobRecords.reclaim` moves a running job whose lease expired back to ``queued`` (the
+  caller sends its message again), or ends it: ``failed`` with ``worker_lost`` after the last
+  attempt, or ``timeout`` past its time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any
+
+from core.contract import TERMINAL_STATES, ErrorInfo, JobResult, JobSpec, JobView
+from core.errors import ErrorCode
+from core.kv import KeyValue
+
+_PREFIX = "xai:job:"
+LEASES = "xai:leases"  # sorted set: job id -> lease expiry
+
+
+class Claim(StrEnum):
+    run = "run"  # the caller now holds the lease: run the job
+    finished = "finished"  # already succeeded, failed or cancelled: nothing to do
+    held = "held"  # another worker holds a live lease: do not run it
+    exhausted = "exhausted"  # its attempts are spent: now failed with worker_lost
+    cancelled = "cancelled"  # cancelled while queued: now cancelled
+    missing = "missing"  # unknown or expired
+
+
+class Lease:
+    """What a running attempt holds: the fencing token of its writes."""
+
+    def __init__(self, job_id: str, owner: str, attempt: int) -> None:
+        self.job_id, self.owner, self.attempt = job_id, owner, attempt
+
+    def holds(self, record: dict[str, Any] | None) -> bool:
+        return (
+            record is not None
+            and record.get("state") == "running"
+            and record.get("lease_owner") == self.owner
+            and record.get("attempts") == self.attempt
+        )
+
+
+class JobRecords:
+    def __init__(self, kv: KeyValue, ttl_s: int) -> None:
+        self.kv = kv
+        self.ttl_s = ttl_s
+
+    # -- the API's side --
+    def create(self, spec: JobSpec, pixels: list[bytes]) -> JobView:
+        """Store the spec, the decoded pixels, and a queued record."""
+        for index, data in enumerate(pixels):
+            self.kv.put(f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s)
+        self.kv.put(f"{_PREFIX}{spec.job_id}:spec", spec.model_dump_json().encode(), self.ttl_s)
+        record = {
+            "job_id": spec.job_id,
+            "state": "queued",
+            "progress": 0.0,
+            "model": spec.model,
+            "methods": [call.name for call in spec.methods],
+            "created_at": time.time(),
+            "attempts": 0,
+        }
+        self.kv.put(f"{_PREFIX}{spec.job_id}", json.dumps(record).encode(), self.ttl_s)
+        return _view(record)
+
+    def view(self, job_id: str) -> JobView | None:
+        raw = self.kv.get(f"{_PREFIX}{job_id}")
+        return None if raw is None else _view(json.loads(raw))
+
+    def fail(self, job_id: str, code: ErrorCode, message: str) -> None:
+        """End a job that never reached a worker (its message could not be sent, the queue is full)."""
+        self._end(job_id, None, "failed", error=ErrorInfo(code=code, message=message))
+
+    def cancel(self, job_id: str) -> JobView | None:
+        """Cancel a queued job now; ask a running one to stop at its next batch. None: no such job."""
+
+        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, str | None]:
+            if record is None:
+                return None, None
+            if record["state"] in TERMINAL_STATES:
+                return None, "finished"
+            if record["state"] == "queued":
+                return _ended(record, "cancelled"), "cancelled"
+            return {**record, "cancel_requested": True}, "requested"
+
+        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
+        if outcome is None:
+            return None
+        if outcome == "cancelled":
+            self._release(job_id)
+        return self.view(job_id)
+
+    # -- the worker's side --
+    def spec(self, job_id: str) -> JobSpec | None:
+        raw = self.kv.get(f"{_PREFIX}{job_id}:spec")
+        return None if raw is None else JobSpec.model_validate_json(raw)
+
+    def pixels(self, job_id: str, index: int) -> bytes | None:
+        return self.kv.get(f"{_PREFIX}{job_id}:pixels:{index}")
+
+    def claim(self, job_id: str, owner: str, lease_s: float, max_attempts: int) -> tuple[Claim, Lease | None]:
+        """Take the job's lease for a new attempt, if nobody holds it and attempts remain."""
+
+        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, Claim]:
+            if record is None:
+                return None, Claim.missing
+            if record["state"] in TERMINAL_STATES:
+                return None, Claim.finished
+            if record.get("cancel_requested"):
+                return _ended(record, "cancelled"), Claim.cancelled
+            if record["state"] == "running" and record.get("lease_until", 0) > now:
+                return None, Claim.held
+            attempts = int(record.get("attempts", 0))
+            if attempts >= max_attempts:
+                return _lost(record, attempts), Claim.exhausted
+            return {
+                **record,
+                "state": "running",
+                "attempts": attempts + 1,
+                "lease_owner": owner,
+                "lease_until": now + lease_s,
+                "started_at": time.time(),
+                "progress": 0.0,
+            }, Claim.run
+
+        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
+        if outcome is Claim.run:
+            record = self._record(job_id)
+            if record is not None and record.get("lease_owner") == owner:
+                self.kv.index(LEASES, job_id, record["lease_until"])
+                return outcome, Lease(job_id, owner, record["attempts"])
+            return Claim.held, None
+        if outcome in (Claim.exhausted, Claim.cancelled):
+            self._release(job_id)
+        return outcome, None
+
+    def renew(self, lease: Lease, lease_s: float) -> tuple[bool, bool]:
+        """Extend the lease. (still held, cancellation requested)."""
+
+        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, tuple[bool, bool]]:
+            if not lease.holds(record):
+                return None, (False, False)
+            assert record is not None
+            return {**record, "lease_until": now + lease_s}, (True, bool(record.get("cancel_requested")))
+
+        held, cancel = self.kv.transact(self._key(lease.job_id), change, self.ttl_s)
+        if held:
+            self.kv.index(LEASES, lease.job_id, self.kv.now() + lease_s)
+        return held, cancel
+
+    def progress(self, lease: Lease, fraction: float) -> tuple[bool, bool]:
+        """Record progress. (still held, cancellation requested)."""
+
+        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, tuple[bool, bool]]:
+            if not lease.holds(record):
+                return None, (False, False)
+            assert record is not None
+            return {**record, "progress": round(fraction, 4)}, (True, bool(record.get("cancel_requested")))
+
+        return self.kv.transact(self._key(lease.job_id), change, self.ttl_s)
+
+    def finish(
+        self,
+        lease: Lease,
+        state: str,
+        *,
+        result: JobResult | None = None,
+        error: ErrorInfo | None = None,
+        timings_ms: dict[str, float] | None = None,
+    ) -> bool:
+        """Write the attempt's end; False when the lease was lost (the write did not land)."""
+        return self._end(lease.job_id, lease, state, result=result, error=error, timings_ms=timings_ms)
+
+    def reclaim(self, job_id: str, max_attempts: int, time_limit_s: float) -> str | None:
+        """A running job whose lease expired: back to queued (returns "queued": send its message
+        again), or ended ("failed"). None when its lease is alive or it is no longer running."""
+
+        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, str | None]:
+            if record is None or record["state"] != "running" or record.get("lease_until", 0) > now:
+                return None, None
+            attempts = int(record.get("attempts", 0))
+            if record.get("cancel_requested"):
+                return _ended(record, "cancelled"), "cancelled"
+            if time.time() - float(record.get("started_at") or 0) > time_limit_s:
+                error = {"code": "timeout", "message": f"the job ran past its time limit of {time_limit_s:g} s"}
+                return _ended(record, "failed", error=error), "failed"
+            if attempts >= max_attempts:
+                return _lost(record, attempts), "failed"
+            queued = {k: v for k, v in record.items() if k not in ("lease_owner", "lease_until")}
+            return {**queued, "state": "queued", "progress": 0.0}, "queued"
+
+        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
+        if outcome is not None or self._record(job_id) is None:
+            self.kv.index(LEASES, job_id, None)
+        if outcome in ("failed", "cancelled"):
+            self._release(job_id)
+        return outcome
+
+    def expired_leases(self) -> list[str]:
+        return self.kv.below(LEASES, self.kv.now())
+
+    # -- maps --
+    def put_png(self, lease: Lease, name: str, png: bytes) -> None:
+        self.kv.put(f"{_PREFIX}{lease.job_id}:png:{lease.attempt}:{name}", png, self.ttl_s)
+
+    def png(self, job_id: str, name: str) -> bytes | None:
+        record = self._record(job_id)
+        if record is None or record["state"] != "succeeded":
+            return None
+        return self.kv.get(f"{_PREFIX}{job_id}:png:{record['attempts']}:{name}")
+
+    # -- internals --
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"{_PREFIX}{job_id}"
+
+    def _record(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.kv.get(self._key(job_id))
+        return None if raw is None else json.loads(raw)
+
+    def _end(self, job_id: str, lease: Lease | None, state: str, **fields: Any) -> bool:
+        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, bool]:
+            if record is None or record["state"] in TERMINAL_STATES:
+                return None, False
+            if lease is not None and not lease.holds(record):
+                return None, False
+            return _ended(record, state, **fields), True
+
+        written = self.kv.transact(self._key(job_id), change, self.ttl_s)
+        if written:
+            self._release(job_id)
+        return written
+
+    def _release(self, job_id: str) -> None:
+        """A job at its end: no lease to watch, and its pixels are no longer needed."""
+        self.kv.index(LEASES, job_id, None)
+        spec = self.spec(job_id)
+        if spec is not None:
+            self.kv.delete(*(f"{_PREFIX}{job_id}:pixels:{index}" for index in range(spec.image_count)))
+
+
+def _ended(record: dict[str, Any], state: str, **fields: Any) -> dict[str, Any]:
+    ended = {k: v for k, v in record.items() if k not in ("lease_until", "cancel_requested")}
+    ended.update({k: _jsonable(v) for k, v in fields.items() if v is not None})
+    ended.update(state=state, finished_at=time.time())
+    if state == "succeeded":
+        ended["progress"] = 1.0
+    return ended
+
+
+def _lost(record: dict[str, Any], attempts: int) -> dict[str, Any]:
+    message = f"the worker running the job was lost {attempts} times; it is not tried again"
+    return _ended(record, "failed", error={"code": ErrorCode.worker_lost.value, "message": message})
+
+
+def _jsonable(value: Any) -> Any:
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _view(record: dict[str, Any]) -> JobView:
+    fields = {k: v for k, v in record.items() if k in JobView.model_fields}
+    return JobView.model_validate(fields)
