@@ -123,6 +123,7 @@ def explain(
     call: MethodCallBase, explainer: Explainer, inputs: Tensor, targets: Tensor, progress: Callable[[float], None]
 ) -> Tensor:
     """(N, L, H, W) maps at the input's size for (N, L) targets; ``progress`` for the perturbation methods."""
+    targets = targets.reshape(len(inputs), -1)  # (N,) is one target per image: (N, 1)
     kwargs = {"progress": progress} if METHODS[call.name].perturbation else {}
     maps = explainer(inputs, targets, **kwargs)
     if ADAPTERS[call.name].layer_shaped:

@@ -30,7 +30,7 @@ from workers.celery_app import celery
 from workers.job_runner import JobRunner, StoreUnavailable
 
 log = logging.getLogger(__name__)
-SWEEP_S = 5.0  # how often a process looks for expired leases
+SWEEP_S = 5.0  # how often a process looks for expired leases (more often with short leases)
 
 
 class WorkerProcess:
@@ -69,8 +69,19 @@ class WorkerProcess:
             self.loaded.set()
         self._beat_once()
         for model in self.host.served:  # only now: a queue is consumed once its model can run
-            celery.control.add_consumer(queue_of(model), destination=[self.node], reply=False)
+            self._consume(queue_of(model))
         log.info("models loaded: %s; failed: %s", self.host.served, self.host.failed or "none")
+
+    def _consume(self, queue: str) -> None:
+        """Ask this process's worker to consume ``queue``, until it answers: a broadcast sent before the
+        worker listens (a model that loads in milliseconds) is lost, so it is sent again."""
+        while not self._stop.is_set():
+            try:
+                if celery.control.add_consumer(queue, destination=[self.node], reply=True, timeout=1.0):
+                    return
+            except Exception as error:  # the broker is away for a moment
+                log.warning("add_consumer %s: %s", queue, error)
+                self._stop.wait(1.0)
 
     def _beat_once(self) -> None:
         try:
@@ -92,7 +103,7 @@ class WorkerProcess:
                 log.warning("sweep: the store is unreachable")
             except Exception:
                 log.exception("sweep failed")
-            if self._stop.wait(SWEEP_S):
+            if self._stop.wait(min(SWEEP_S, self.settings.lease_s / 2)):
                 return
 
     def sweep(self) -> None:

@@ -3,8 +3,11 @@ served by uvicorn in a subprocess — in both modes (embedded, and Celery over R
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,9 +38,10 @@ def redis_binary() -> str:
 class RedisServer:
     """A throwaway redis-server the tests may stop and start again on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, appendonly: bool = False) -> None:
         self.port = free_port()
         self.directory = directory
+        self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
@@ -52,7 +56,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],
@@ -65,6 +71,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; only what the append-only file holds survives."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(10)
             self.process = None
 
@@ -86,8 +99,10 @@ def wait_until(check, timeout: float, message: str, interval: float = 0.1):
     raise TimeoutError(message)
 
 
-def service_env(**settings: str) -> dict[str, str]:
+def service_env(pythonpath: str | None = None, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XAI_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     env.update({f"XAI_{key.upper()}": value for key, value in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -98,8 +113,17 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
-        self.handle = log.open("w")
-        self.process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT)
+        self.handle = log.open("a")
+        self.process = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every child of it (a worker's prefork children too)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.handle.close()
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -107,14 +131,15 @@ class Process:
     def tail(self) -> str:
         return self.log.read_text()[-3000:]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20) -> None:
         if self.alive():
             self.process.terminate()
             try:
-                self.process.wait(20)
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+                self.kill_group()
+        with contextlib.suppress(ProcessLookupError):  # a prefork child left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.handle.close()
 
 
@@ -137,19 +162,31 @@ def start_api(tmp: Path, name: str, **settings: str) -> tuple[Process, str]:
     return process, base
 
 
-def start_worker(tmp: Path, name: str, redis_url: str, **settings: str) -> Process:
+def start_worker(tmp: Path, name: str, redis_url: str, wait: bool = True, **settings: str) -> Process:
+    """A worker process (``xai worker``); with ``wait``, returned once it beats with its models loaded."""
     worker = Process(
         [sys.executable, "-m", "app.cli", "worker"], service_env(redis_url=redis_url, **settings), tmp / f"{name}.log"
     )
-    with redis.Redis.from_url(redis_url) as client:
+    if wait:
+        with redis.Redis.from_url(redis_url) as client:
 
-        def beating() -> bool:
-            if not worker.alive():
-                raise RuntimeError(f"the worker exited:\n{worker.tail()}")
-            return any(True for _ in client.scan_iter(match="xai:worker:*"))
+            def serving() -> bool:
+                if not worker.alive():
+                    raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+                return any(f"xai-{worker.process.pid}@" in beat for beat in worker_beats(client))
 
-        wait_until(beating, 120, "the worker sent no heartbeat")
+            wait_until(serving, 120, "the worker sent no heartbeat with loaded models")
     return worker
+
+
+def worker_beats(client: redis.Redis) -> dict[str, dict]:
+    """Heartbeats of worker processes that have loaded their models."""
+    beats = {}
+    for key in client.scan_iter(match="xai:worker:*"):
+        raw = client.get(key)
+        if raw is not None and not json.loads(raw).get("loading"):
+            beats[key.decode().removeprefix("xai:worker:")] = json.loads(raw)
+    return beats
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,230 @@
+"""Faults a model server meets, with real processes: workers and Redis killed and restarted with signals.
+
+Each test runs its own redis-server, workers and API on loopback. Leases are short (4 s) so a lost
+worker is noticed in seconds; the measured times to recover are printed (``-s``) and written up in
+docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.service.conftest import Process, RedisServer, start_api, start_worker, wait_until
+from tests.service.helpers import b64, encode, poll, shape_photos
+
+pytestmark = pytest.mark.slow
+LEASE = {"lease_s": "4", "worker_models": "lenet5-shapes"}
+PHOTOS = [b64(encode(photo)) for photo in shape_photos(16)]
+
+
+def long_job(masks: int = 3000, images: int = 16) -> dict:
+    """Seconds of RISE on lenet5-shapes, reporting progress per batch."""
+    return {
+        "model": "lenet5-shapes",
+        "methods": [{"name": "rise", "params": {"num_masks": masks}}],
+        "images": PHOTOS[:images],
+        "outputs": ["raw"],
+    }
+
+
+QUICK = {"model": "lenet5-shapes", "methods": [{"name": "gradient"}], "images": PHOTOS[:1]}
+
+
+class Service:
+    """A redis-server, workers and an API of one test; everything is stopped at its end."""
+
+    def __init__(self, tmp: Path, appendonly: bool = False, **settings: str) -> None:
+        self.tmp = tmp
+        self.settings = {**LEASE, **settings}
+        self.redis = RedisServer(tmp, appendonly=appendonly)
+        self.redis.start()
+        self.workers: list[Process] = []
+        self.api, base = start_api(tmp, "api", redis_url=self.redis.url, **self.settings)
+        self.http = httpx.Client(base_url=base, timeout=60)
+        self.client = redis.Redis.from_url(self.redis.url)
+
+    def worker(self, name: str, wait: bool = True, **settings: str) -> Process:
+        worker = start_worker(self.tmp, name, self.redis.url, wait=wait, **{**self.settings, **settings})
+        self.workers.append(worker)
+        return worker
+
+    def record(self, job_id: str) -> dict:
+        return json.loads(self.client.get(f"xai:job:{job_id}"))
+
+    def running(self, job_id: str, attempt: int = 1) -> dict:
+        """The record once attempt ``attempt`` runs and has reported progress."""
+
+        def check() -> dict | None:
+            record = self.record(job_id)
+            started = record["state"] == "running" and record["attempts"] == attempt and record["progress"] > 0
+            return record if started else None
+
+        return wait_until(check, 120, f"attempt {attempt} of job {job_id} never ran: {self.record(job_id)}", 0.05)
+
+    def close(self) -> None:
+        self.http.close()
+        self.client.close()
+        self.api.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.redis.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    made = Service(tmp_path)
+    yield made
+    made.close()
+
+
+def child_pid(record: dict) -> int:
+    """The prefork child holding the job's lease (owner "<node>:<pid>")."""
+    return int(record["lease_owner"].rsplit(":", 1)[1])
+
+
+def test_a_job_whose_worker_group_is_killed_runs_again_on_a_new_worker(service: Service):
+    first = service.worker("worker-1")
+    job = service.http.post("/explain", json=long_job()).json()["job_id"]
+    service.running(job)
+    first.kill_group()
+    killed = time.monotonic()
+    service.worker("worker-2")
+    available, available_at = time.monotonic(), time.time()
+    view = poll(service.http, job, timeout=180)
+    assert view["state"] == "succeeded" and view["attempts"] == 2, view
+    second_run = service.record(job)
+    done = time.monotonic() - killed
+    print(f"\nworker group killed: new worker up after {available - killed:.1f} s, done {done:.1f} s after the kill")
+    assert second_run["started_at"] - available_at < 60, "ran again within 60 s of a live worker"
+
+
+def test_a_job_whose_prefork_child_is_killed_runs_again(service: Service):
+    worker = service.worker("worker")
+    job = service.http.post("/explain", json=long_job()).json()["job_id"]
+    os.kill(child_pid(service.running(job)), signal.SIGKILL)
+    killed = time.monotonic()
+    view = poll(service.http, job, timeout=180)
+    assert view["state"] == "succeeded" and view["attempts"] == 2, view
+    restarted = service.record(job)["started_at"] - time.time() + time.monotonic() - killed
+    print(f"\nprefork child killed: the job started again {restarted:.1f} s after the kill")
+    assert worker.alive()
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_and_the_queue_moves_on(tmp_path: Path):
+    service = Service(tmp_path, max_attempts="2")
+    try:
+        service.worker("worker")
+        doomed = service.http.post("/explain", json=long_job()).json()["job_id"]
+        behind = service.http.post("/explain", json=QUICK).json()["job_id"]
+        for attempt in (1, 2):
+            os.kill(child_pid(service.running(doomed, attempt)), signal.SIGKILL)
+        view = poll(service.http, doomed, timeout=120)
+        assert view["state"] == "failed" and view["error"]["code"] == "worker_lost" and view["attempts"] == 2, view
+        assert poll(service.http, behind, timeout=60)["state"] == "succeeded"
+    finally:
+        service.close()
+
+
+def test_a_second_delivery_of_a_running_job_is_not_run_twice(service: Service):
+    """What the broker does when a job outlives its visibility timeout: it delivers the message again.
+    A second worker takes the message, finds the lease alive, and does not start the job."""
+    service.worker("worker-1")
+    second = service.worker("worker-2")
+    job = service.http.post("/explain", json=long_job()).json()["job_id"]
+    owner = service.running(job)["lease_owner"]
+    from core.queues import TASK, make_celery, queue_of
+    from core.settings import Settings
+
+    make_celery(Settings(redis_url=service.redis.url)).send_task(
+        TASK, args=[job], queue=queue_of("lenet5-shapes"), task_id=job
+    )
+    view = poll(service.http, job, timeout=180)
+    assert view["state"] == "succeeded" and view["attempts"] == 1, view
+    logs = "".join(w.log.read_text() for w in service.workers)
+    assert f"job {job} not run: held" in logs, "the redelivered message was seen and skipped"
+    assert service.record(job)["lease_owner"] == owner
+    assert second.alive()
+
+
+def test_redis_killed_and_restarted_mid_job_the_job_still_ends(tmp_path: Path):
+    service = Service(tmp_path, appendonly=True)
+    try:
+        service.worker("worker")
+        job = service.http.post("/explain", json=long_job()).json()["job_id"]
+        service.running(job)
+        service.redis.kill()
+        time.sleep(3)
+        service.redis.start()
+        restarted = time.monotonic()
+        view = poll(service.http, job, timeout=180)
+        assert view["state"] == "succeeded", view
+        print(f"\nredis kill -9 + restart: job done {time.monotonic() - restarted:.1f} s after redis came back")
+        assert (
+            poll(service.http, service.http.post("/explain", json=QUICK).json()["job_id"], 60)["state"] == "succeeded"
+        )
+    finally:
+        service.close()
+
+
+def test_the_soft_time_limit_fails_a_job_as_timeout(tmp_path: Path):
+    service = Service(tmp_path, job_time_limit_s="10")
+    try:
+        service.worker("worker")
+        job = service.http.post("/explain", json=long_job(masks=20000)).json()["job_id"]
+        view = poll(service.http, job, timeout=120)
+        assert view["state"] == "failed" and view["error"]["code"] == "timeout", view
+        assert view["attempts"] == 1
+    finally:
+        service.close()
+
+
+def test_the_embedded_mode_enforces_the_same_time_limit(tmp_path: Path):
+    api, base = start_api(tmp_path, "api-embedded", job_time_limit_s="10")
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            job = http.post("/explain", json=long_job(masks=20000)).json()["job_id"]
+            view = poll(http, job, timeout=120)
+            assert view["state"] == "failed" and view["error"]["code"] == "timeout", view
+    finally:
+        api.stop()
+
+
+def test_sigterm_mid_job_finishes_the_job_first(service: Service):
+    worker = service.worker("worker")
+    job = service.http.post("/explain", json=long_job()).json()["job_id"]
+    service.running(job)
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(120)
+    view = service.http.get(f"/jobs/{job}").json()
+    assert view["state"] == "succeeded" and view["attempts"] == 1, view
+
+
+def test_redis_restarted_without_persistence_lost_jobs_are_404(service: Service):
+    service.worker("worker")
+    job = service.http.post("/explain", json=QUICK).json()["job_id"]
+    poll(service.http, job, 60)
+    service.redis.stop()
+    refused = service.http.post("/explain", json=QUICK)
+    assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+    service.redis.start()
+    lost = service.http.get(f"/jobs/{job}")
+    assert lost.status_code == 404 and lost.json()["error"]["code"] == "job_not_found"
+    wait_until(lambda: service.http.get("/readyz").status_code == 200, 60, "not ready after Redis came back")
+
+
+def test_an_unsafe_celery_configuration_is_refused(tmp_path: Path, redis_server):
+    worker = start_worker(tmp_path, "unsafe", redis_server.url, wait=False, visibility_timeout_s="30")
+    try:
+        assert worker.process.wait(60) != 0
+        assert "must be below the broker's visibility timeout" in worker.tail()
+    finally:
+        worker.stop()
