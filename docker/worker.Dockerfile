@@ -31,7 +31,7 @@ ENV MALLOC_MMAP_MAX_=0 \
 USER 10001
 # Healthy once a prefork child has loaded its models and beats (key xai:worker:<hostname>:<pid>, 15 s TTL).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import os, socket, redis; r = redis.Redis.from_url(os.environ['XAI_REDIS_URL']); raise SystemExit(not any(r.scan_iter(match='xai:worker:' + socket.gethostname() + ':*')))"]
+    CMD ["xai", "worker-health"]
 # One prefork child per worker container: the model and CUDA live in the child, never in the parent.
 CMD ["xai", "worker", "--pool", "prefork", "--concurrency", "1"]
 
@@ -59,5 +59,5 @@ ENV MALLOC_MMAP_MAX_=0 \
     XAI_MODEL_DIRS=/models,/srv/xai/models/zoo
 USER 10001
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import os, socket, redis; r = redis.Redis.from_url(os.environ['XAI_REDIS_URL']); raise SystemExit(not any(r.scan_iter(match='xai:worker:' + socket.gethostname() + ':*')))"]
+    CMD ["xai", "worker-health"]
 CMD ["xai", "worker", "--pool", "prefork", "--concurrency", "1"]

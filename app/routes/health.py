@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app.deps import DispatcherDep
+from core.errors import ErrorCode, status_of
 
 router = APIRouter(tags=["health"])
 
@@ -21,10 +22,15 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", operation_id="readyz", responses={503: {"description": "Not ready"}})
 async def readyz(dispatcher: DispatcherDep) -> JSONResponse:
-    """Ready: the broker answers and a worker sent a heartbeat recently (or the embedded pool is up)."""
+    """Ready: the broker answers and a live worker has loaded a model (embedded: the pool is up and a model
+    loaded). The detail says, per model, how many live workers serve it, and why a worker could not load one."""
     ready, detail = await run_in_threadpool(dispatcher.readiness)
     body: dict[str, Any] = {"ready": ready, **detail}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    if ready:
+        return JSONResponse(body)
+    return JSONResponse(
+        body, status_code=503, headers={"Retry-After": str(status_of(ErrorCode.no_worker).retry_after_s)}
+    )
 
 
 @router.get(

@@ -233,7 +233,7 @@ def test_worker_targets() -> None:
     for stage in (gpu, cpu):
         assert env_lines(stage).items() >= ALLOCATOR.items()
         assert values(stage, "CMD") == ['["xai", "worker", "--pool", "prefork", "--concurrency", "1"]']
-        assert "xai:worker:" in values(stage, "HEALTHCHECK")[0]
+        assert values(stage, "HEALTHCHECK")[0].endswith('CMD ["xai", "worker-health"]')
 
 
 def test_images_run_as_a_non_root_user() -> None:
@@ -263,7 +263,9 @@ def test_compose_essentials() -> None:
     for name in WORKERS:
         env = environment(services[name])
         assert {key: env.get(key) for key in ALLOCATOR} == ALLOCATOR, name
-        assert "xai:worker:" in services[name]["healthcheck"]["test"][-1], name
+        assert services[name]["healthcheck"]["test"] == ["CMD", "xai", "worker-health"], name
+        grace = re.fullmatch(r"(\d+)m", services[name]["stop_grace_period"])
+        assert grace and int(grace[1]) * 60 > Settings().job_time_limit_s, "a warm shutdown outlasts a job"
     (device,) = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
     assert "profiles" not in services["worker"]  # DESIGN: `docker compose up` brings up the GPU worker

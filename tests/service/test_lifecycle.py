@@ -75,7 +75,7 @@ def test_ready_only_with_a_worker_and_a_broker(service_tmp, lone_redis):
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
             not_ready = http.get("/readyz")
-            assert not_ready.status_code == 503
+            assert not_ready.status_code == 503 and int(not_ready.headers["Retry-After"]) > 0
             assert not_ready.json()["ready"] is False and not_ready.json()["workers"] == {}
             worker = start_worker(service_tmp, "worker-late", lone_redis.url, worker_models="lenet5-shapes")
             ready = http.get("/readyz")
@@ -89,6 +89,7 @@ def test_ready_only_with_a_worker_and_a_broker(service_tmp, lone_redis):
                 "/explain", json={"model": "lenet5-shapes", "methods": [{"name": "gradient"}], "images": [PHOTO]}
             )
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+            assert int(refused.headers["Retry-After"]) > 0
 
             lone_redis.start()  # an empty Redis on the same port: the worker reconnects and beats again
             wait_until(lambda: http.get("/readyz").status_code == 200, 60, "not ready after Redis came back")

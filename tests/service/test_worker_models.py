@@ -8,6 +8,8 @@ would get the child killed and restarted in a loop).
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 import redis
 
 from models.registry import BUNDLED
-from tests.service.conftest import RedisServer, start_api, start_worker, wait_until, worker_beats
+from tests.service.conftest import RedisServer, service_env, start_api, start_worker, wait_until, worker_beats
 from tests.service.helpers import b64, encode, poll, shape_photos
 
 pytestmark = pytest.mark.slow
@@ -93,6 +95,16 @@ def test_a_model_that_fails_to_load_is_not_served_and_the_others_are(tmp_path, m
                 assert job.json()["state"] == "succeeded", job.text
             queued = client.llen("xai.model.broken-lenet")
             assert queued == 0, "nothing was queued for the broken model"
+
+        def health(**settings: str) -> subprocess.CompletedProcess:
+            env = service_env(redis_url=server.url, model_dirs=dirs, **settings)
+            command = [sys.executable, "-m", "app.cli", "worker-health"]
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+        unhealthy = health()  # the worker is meant to serve every model, broken-lenet too
+        assert unhealthy.returncode == 1 and "unhealthy" in unhealthy.stdout, unhealthy
+        healthy = health(worker_models="lenet5-shapes,slow-lenet")
+        assert healthy.returncode == 0 and "healthy" in healthy.stdout, healthy
     finally:
         api.stop()
         worker.stop()
