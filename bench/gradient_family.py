@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 from captum.attr import (
@@ -39,61 +41,68 @@ from captum.attr import (
 from torch import nn
 
 from bench.timing import allocator_setting, forward_backward, frozen, machine, median_ms
+from core.methods import call
 from models.lenet5 import LeNet5
 from models.registry import ModelRegistry
-from workers.xai import (
-    Deconvolution,
-    GradCAM,
-    Gradient,
-    GuidedBackprop,
-    GuidedGradCAM,
-    InputXGradient,
-    IntegratedGradients,
-    LayerGradientXActivation,
-    SmoothGrad,
-)
+from workers.methods import INTERNAL_BATCH, Context, build_explainer
+from workers.xai import IntegratedGradients, SmoothGrad
 
 STEPS = 16  # integrated gradients' steps and smoothgrad's samples, all in one internal batch
 Case = tuple[str, Callable[[], object], Callable[[], object], Callable[[], object]]
+
+
+def our_run(
+    context: Context, x: torch.Tensor, targets: int | torch.Tensor, name: str, **params: Any
+) -> Callable[[], object]:
+    """Our explainer of method ``name``, built as the service builds it (``workers/methods.py``), run on ``x``.
+
+    The call is validated once, outside the timed run; the explainer is built in it, as Captum's is.
+    """
+    method = call(name, **params)
+    return lambda: build_explainer(method, context)(x, targets)
 
 
 def cases(network: nn.Module, layer: str, x: torch.Tensor, target: int) -> list[Case]:
     module = network.get_submodule(layer)
     size = x.shape[-2:]
     n = len(x)
+    ours = partial(our_run, Context(network, layer, seed=0), x, target)
     bare = forward_backward(network, x, target)
     memory_format = (
         torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     )
     bare_steps = forward_backward(network, x.repeat(STEPS, 1, 1, 1).contiguous(memory_format=memory_format), target)
+    # All N x STEPS rows in one pass, as in bare_steps: through the adapter up to its INTERNAL_BATCH rows (batch 1),
+    # built directly past that (LeNet5, batch 16), where the adapter would split them into passes of INTERNAL_BATCH.
+    one_pass = n * STEPS <= INTERNAL_BATCH
     return [
         (
             "gradient",
-            lambda: Gradient(network)(x, target),
+            ours("gradient"),
             lambda: Saliency(network).attribute(x, target=target).amax(1),
             bare,
         ),
         (
             "deconvolution",
-            lambda: Deconvolution(network)(x, target),
+            ours("deconvolution"),
             lambda: CaptumDeconvolution(network).attribute(x, target=target).abs().amax(1),
             bare,
         ),
         (
             "guided_backprop",
-            lambda: GuidedBackprop(network)(x, target),
+            ours("guided_backprop"),
             lambda: CaptumGuidedBackprop(network).attribute(x, target=target).abs().amax(1),
             bare,
         ),
         (
             "input_x_gradient",
-            lambda: InputXGradient(network)(x, target),
+            ours("input_x_gradient"),
             lambda: CaptumInputXGradient(network).attribute(x, target=target).sum(1),
             bare,
         ),
         (
             "gradcam",
-            lambda: GradCAM(network, layer)(x, target),
+            ours("gradcam"),
             lambda: LayerAttribution.interpolate(
                 LayerGradCam(network, module).attribute(x, target=target, relu_attributions=True), size, "bilinear"
             ),
@@ -101,7 +110,7 @@ def cases(network: nn.Module, layer: str, x: torch.Tensor, target: int) -> list[
         ),
         (
             "guided_gradcam",
-            lambda: GuidedGradCAM(network, layer)(x, target),
+            ours("guided_gradcam"),
             lambda: (
                 GuidedGradCam(network, module).attribute(x, target=target, interpolate_mode="bilinear").abs().amax(1)
             ),
@@ -109,19 +118,23 @@ def cases(network: nn.Module, layer: str, x: torch.Tensor, target: int) -> list[
         ),
         (
             "layer_gradient_x_activation",
-            lambda: LayerGradientXActivation(network, layer)(x, target),
+            ours("layer_gradient_x_activation"),
             lambda: CaptumLayerGradientXActivation(network, module).attribute(x, target=target),
             bare,
         ),
         (
             f"integrated_gradients ({STEPS} steps)",
-            lambda: IntegratedGradients(network, steps=STEPS)(x, target),
+            ours("integrated_gradients", steps=STEPS)
+            if one_pass
+            else lambda: IntegratedGradients(network, steps=STEPS)(x, target),
             lambda: CaptumIntegratedGradients(network).attribute(x, target=target, n_steps=STEPS).sum(1),
             bare_steps,
         ),
         (
             f"smoothgrad ({STEPS} samples)",
-            lambda: SmoothGrad(network, samples=STEPS, seed=0)(x, target),
+            ours("smoothgrad", samples=STEPS)
+            if one_pass
+            else lambda: SmoothGrad(network, samples=STEPS, seed=0)(x, target),
             lambda: (
                 NoiseTunnel(Saliency(network))
                 .attribute(
@@ -143,17 +156,18 @@ def top_k_cases(network: nn.Module, layer: str, x: torch.Tensor, classes: list[i
     """k targets of one image: ours in one call, Captum in k calls, bare = k forward+backward."""
     module = network.get_submodule(layer)
     targets = torch.tensor([classes])
+    ours = partial(our_run, Context(network, layer), x, targets)
     bares = [forward_backward(network, x, c) for c in classes]
     return [
         (
             f"gradient top-{len(classes)}",
-            lambda: Gradient(network)(x, targets),
+            ours("gradient"),
             lambda: [Saliency(network).attribute(x, target=c).amax(1) for c in classes],
             lambda: [run() for run in bares],
         ),
         (
             f"gradcam top-{len(classes)}",
-            lambda: GradCAM(network, layer)(x, targets),
+            ours("gradcam"),
             lambda: [
                 LayerAttribution.interpolate(
                     LayerGradCam(network, module).attribute(x, target=c, relu_attributions=True),

@@ -30,6 +30,7 @@ import copy
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +38,21 @@ from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
 from bench.timing import allocator_setting, frozen, interleaved_ms, machine, median_ms
+from core.methods import call
 from models.lenet5 import LeNet5
 from models.registry import ModelRegistry
-from workers.xai import RISE, Occlusion, OoDNet, RISEPlus
+from workers.methods import Context, build_explainer
+from workers.xai import RISE, Explainer, OoDNet
 from workers.xai._perturbation import default_batch
 from workers.xai.occlusion import default_window
 from workers.xai.rise import MaskSet, mask_set
 
 SOFTMAX = nn.Softmax(dim=1)
+
+
+def our_explainer(network: nn.Module, name: str, ood_net: OoDNet | None = None, **params: Any) -> Explainer:
+    """Our explainer of method ``name``, built as the service builds it (``workers/methods.py``); no layer used."""
+    return build_explainer(call(name, **params), Context(network, default_layer="", ood_net=ood_net))
 
 
 def probabilities(network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -111,8 +119,9 @@ def occlusion_table(cases: list[tuple[str, nn.Module, torch.Tensor, int, tuple[i
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, network, x, target, window in cases:
-        windows = (math.ceil((x.shape[2] - window[0]) / window[1]) + 1) ** 2
-        explainer = Occlusion(network, SOFTMAX, window=window[0], strides=window[1])
+        size, stride = window
+        windows = (math.ceil((x.shape[2] - size) / stride) + 1) ** 2
+        explainer = our_explainer(network, "occlusion", window=(size, size), strides=(stride, stride))
         ours, one, sixteen = interleaved_ms(
             [
                 partial(explainer, x, target),
@@ -135,7 +144,8 @@ def rise_table(cases: list[tuple[str, nn.Module, torch.Tensor, int, int, list[in
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, network, x, target, masks, sizes in cases:
-        explainer = RISE(network, SOFTMAX, num_masks=masks)
+        explainer = our_explainer(network, "rise", num_masks=masks)
+        assert isinstance(explainer, RISE)  # its forward_network: the twin
         explainer(x, target)  # makes the twin
         as_given = x.contiguous(memory_format=torch.channels_last)
         bare, batch = fastest_bare(network, as_given, masks, sizes, repeats)
@@ -154,7 +164,7 @@ def captum_rise(explainer: object, x: torch.Tensor, *, masks: int, target: int) 
         return explainer.attribute(x, n_masks=masks, initial_mask_shapes=((10, 10),), target=target)
 
 
-def targets_table(cases: list[tuple[str, Callable[[], nn.Module], torch.Tensor, list[int]]], repeats: int) -> None:
+def targets_table(cases: list[tuple[str, Callable[[], Explainer], torch.Tensor, list[int]]], repeats: int) -> None:
     print("\n### Five targets of one image against one\n")
     print("| model and method | 1 target ms | 5 targets ms | extra per target |")
     print("| --- | ---: | ---: | ---: |")
@@ -173,6 +183,7 @@ def batch_table(cases: list[tuple[str, nn.Module, torch.Tensor, int, list[int]]]
     for name, network, x, masks, sizes in cases:
         default = default_batch(x)
         for size in sorted({*sizes, default}):
+            # direct: the catalogue has no perturbation_per_eval (nor LeNet5's 4 x 6,000 masks, over its MAX_MASKS)
             ms = median_ms(partial(RISE(network, SOFTMAX, size, num_masks=masks), x, 1), repeats, warmup=1) / masks
             print(f"| {name} | {size}{' *' if size == default else ''} | {ms:.3f} |", flush=True)
 
@@ -191,8 +202,8 @@ def rise_plus_table(network: LeNet5, x: torch.Tensor, masks: int, repeats: int) 
                 self.inner.output_features = False
 
     wrapped = TwoPasses()
-    shared = RISEPlus(OoDNet(network, 10), network, SOFTMAX, num_masks=masks)
-    fallback = RISEPlus(OoDNet(wrapped, 10), wrapped, SOFTMAX, num_masks=masks)
+    shared = our_explainer(network, "rise_plus", OoDNet(network, 10), num_masks=masks)
+    fallback = our_explainer(wrapped, "rise_plus", OoDNet(wrapped, 10), num_masks=masks)
     print("\n### RISEPlus: one backbone pass per batch against two\n")
     print("| model | masks | shared ms | two passes ms | two / shared |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -288,14 +299,24 @@ def main() -> None:
     classes = [285, 281, 282, 287, 728]
     targets_table(
         [
-            ("EfficientNet-Lite0, RISE", lambda: RISE(efficientnet, SOFTMAX, num_masks=big_masks), big, classes),
             (
-                "EfficientNet-Lite0, Occlusion",
-                lambda: Occlusion(efficientnet, SOFTMAX, window=big_window[0], strides=big_window[1]),
+                "EfficientNet-Lite0, RISE",
+                lambda: our_explainer(efficientnet, "rise", num_masks=big_masks),
                 big,
                 classes,
             ),
-            ("LeNet5, RISE", lambda: RISE(lenet, SOFTMAX, num_masks=lenet_masks), small, [3, 1, 4, 5, 9]),
+            (
+                "EfficientNet-Lite0, Occlusion",
+                lambda: our_explainer(
+                    efficientnet,
+                    "occlusion",
+                    window=(big_window[0], big_window[0]),
+                    strides=(big_window[1], big_window[1]),
+                ),
+                big,
+                classes,
+            ),
+            ("LeNet5, RISE", lambda: our_explainer(lenet, "rise", num_masks=lenet_masks), small, [3, 1, 4, 5, 9]),
         ],
         repeats,
     )

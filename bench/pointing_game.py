@@ -11,29 +11,18 @@ centre of mass of a uniform random map's maximum (chance).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from core.methods import call
 from models.registry import ModelRegistry
 from models.shapes import generate
 from models.train_shapes import TEST_SEED
-from workers.xai import (
-    RISE,
-    Deconvolution,
-    GradCAM,
-    Gradient,
-    GuidedBackprop,
-    GuidedGradCAM,
-    InputXGradient,
-    IntegratedGradients,
-    Occlusion,
-    RISEPlus,
-    SmoothGrad,
-)
+from workers.methods import Context, build_explainer
+from workers.model_host import ModelHost
+from workers.xai import Explainer
 
 TOLERANCE = 1  # pixels
 
@@ -51,29 +40,29 @@ def hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return grown(masks, TOLERANCE).flatten(1).gather(1, flat[:, None])[:, 0]
 
 
-def methods(network: nn.Module, layer: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    return {
-        "gradient": Gradient(network),
-        "deconvolution": Deconvolution(network),
-        "guided_backprop": GuidedBackprop(network),
-        "input_x_gradient": InputXGradient(network),
-        "integrated_gradients": IntegratedGradients(network, steps=32),
-        "smoothgrad": SmoothGrad(network, samples=32, seed=0),
-        "gradcam": GradCAM(network, layer),
-        "guided_gradcam": GuidedGradCAM(network, layer),
-    }
+def methods(context: Context) -> dict[str, Explainer]:
+    calls = [
+        call("gradient"),
+        call("deconvolution"),
+        call("guided_backprop"),
+        call("input_x_gradient"),
+        call("integrated_gradients", steps=32),
+        call("smoothgrad", samples=32),
+        call("gradcam"),
+        call("guided_gradcam"),
+    ]
+    return {method.name: build_explainer(method, context) for method in calls}
 
 
-def perturbation_methods(network: nn.Module, ood: nn.Module | None) -> dict[str, Callable]:
+def perturbation_methods(context: Context) -> dict[str, Explainer]:
     """Run on --perturbation-count images (RISE is K forward passes per image)."""
-    softmax = nn.Softmax(dim=1)
-    found: dict[str, Callable] = {
-        "occlusion (3x3, stride 1)": Occlusion(network, softmax),
-        "rise (4,000 masks)": RISE(network, softmax, num_masks=4000),
+    calls = {
+        "occlusion (3x3, stride 1)": call("occlusion"),
+        "rise (4,000 masks)": call("rise", num_masks=4000),
     }
-    if ood is not None:
-        found["rise_plus (4,000 masks)"] = RISEPlus(ood, network, softmax, num_masks=4000)
-    return found
+    if context.ood_net is not None:
+        calls["rise_plus (4,000 masks)"] = call("rise_plus", num_masks=4000)
+    return {name: build_explainer(method, context) for name, method in calls.items()}
 
 
 def main() -> None:
@@ -97,16 +86,15 @@ def main() -> None:
     print(f"| (centre of the image) | {hits(centre.expand(len(masks), 32, 32), masks).float().mean():.3f} |")
     chance = torch.rand(len(masks), 32, 32, generator=torch.Generator().manual_seed(0))
     print(f"| (random map) | {hits(chance, masks).float().mean():.3f} |")
-    for name, explainer in methods(network, manifest.gradcam_layer).items():
+    ood = ModelHost(registry).ood_net("lenet5-shapes")
+    context = Context(network, manifest.gradcam_layer, seed=0, ood_net=ood)
+    for name, explainer in methods(context).items():
         maps = torch.cat(
             [explainer(inputs[i : i + 100], labels[i : i + 100])[:, 0] for i in range(0, len(inputs), 100)]
         )
         print(f"| {name} | {hits(maps, masks).float().mean():.3f} |", flush=True)
-    from workers.model_host import ModelHost
-
-    ood = ModelHost(registry).ood_net("lenet5-shapes")
     count = min(args.perturbation_count, len(inputs))
-    for name, explainer in perturbation_methods(network, ood).items():
+    for name, explainer in perturbation_methods(context).items():
         maps = torch.cat([explainer(inputs[i : i + 50], labels[i : i + 50])[:, 0] for i in range(0, count, 50)])
         print(f"| {name}, first {count} images | {hits(maps, masks[:count]).float().mean():.3f} |", flush=True)
 

@@ -111,8 +111,11 @@ class JobRecords:
     def pixels(self, job_id: str, index: int) -> bytes | None:
         return self.kv.get(f"{_PREFIX}{job_id}:pixels:{index}")
 
-    def claim(self, job_id: str, owner: str, lease_s: float, max_attempts: int) -> tuple[Claim, Lease | None]:
-        """Take the job's lease for a new attempt, if nobody holds it and attempts remain."""
+    def claim(
+        self, job_id: str, owner: str, lease_s: float, max_attempts: int, time_limit_s: float = float("inf")
+    ) -> tuple[Claim, Lease | None]:
+        """Take the job's lease for a new attempt, if nobody holds it, attempts remain and the last
+        attempt did not run into the time limit."""
 
         def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, Claim]:
             if record is None:
@@ -123,6 +126,8 @@ class JobRecords:
                 return _ended(record, "cancelled"), Claim.cancelled
             if record["state"] == "running" and record.get("lease_until", 0) > now:
                 return None, Claim.held
+            if _timed_out(record, time_limit_s):
+                return _ended(record, "failed", error=_timeout_error(time_limit_s)), Claim.exhausted
             attempts = int(record.get("attempts", 0))
             if attempts >= max_attempts:
                 return _lost(record, attempts), Claim.exhausted
@@ -132,6 +137,9 @@ class JobRecords:
                 "attempts": attempts + 1,
                 "lease_owner": owner,
                 "lease_until": now + lease_s,
+                "lease_s": lease_s,
+                "claimed_at": now,
+                "renewed_at": now,
                 "started_at": time.time(),
                 "progress": 0.0,
             }, Claim.run
@@ -154,7 +162,8 @@ class JobRecords:
             if not lease.holds(record):
                 return None, (False, False)
             assert record is not None
-            return {**record, "lease_until": now + lease_s}, (True, bool(record.get("cancel_requested")))
+            renewed = {**record, "lease_until": now + lease_s, "renewed_at": now}
+            return renewed, (True, bool(record.get("cancel_requested")))
 
         held, cancel = self.kv.transact(self._key(lease.job_id), change, self.ttl_s)
         if held:
@@ -194,9 +203,8 @@ class JobRecords:
             attempts = int(record.get("attempts", 0))
             if record.get("cancel_requested"):
                 return _ended(record, "cancelled"), "cancelled"
-            if time.time() - float(record.get("started_at") or 0) > time_limit_s:
-                error = {"code": "timeout", "message": f"the job ran past its time limit of {time_limit_s:g} s"}
-                return _ended(record, "failed", error=error), "failed"
+            if _timed_out(record, time_limit_s):
+                return _ended(record, "failed", error=_timeout_error(time_limit_s)), "failed"
             if attempts >= max_attempts:
                 return _lost(record, attempts), "failed"
             queued = {k: v for k, v in record.items() if k not in ("lease_owner", "lease_until")}
@@ -253,12 +261,25 @@ class JobRecords:
 
 
 def _ended(record: dict[str, Any], state: str, **fields: Any) -> dict[str, Any]:
-    ended = {k: v for k, v in record.items() if k not in ("lease_until", "cancel_requested")}
+    ended = {k: v for k, v in record.items() if k not in ("lease_until", "cancel_requested", "lease_s")}
     ended.update({k: _jsonable(v) for k, v in fields.items() if v is not None})
     ended.update(state=state, finished_at=time.time())
     if state == "succeeded":
         ended["progress"] = 1.0
     return ended
+
+
+def _timed_out(record: dict[str, Any], time_limit_s: float) -> bool:
+    """The last attempt was alive (renewing its lease) until its time limit: the limit killed it, and it
+    would only be killed again. A worker that died early is not this, however late it is noticed."""
+    if record.get("state") != "running" or "claimed_at" not in record:
+        return False
+    alive = float(record["renewed_at"]) - float(record["claimed_at"])
+    return alive >= time_limit_s - float(record.get("lease_s", 0))
+
+
+def _timeout_error(time_limit_s: float) -> dict[str, str]:
+    return {"code": ErrorCode.timeout.value, "message": f"the job ran past its time limit of {time_limit_s:g} s"}
 
 
 def _lost(record: dict[str, Any], attempts: int) -> dict[str, Any]:

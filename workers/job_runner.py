@@ -106,10 +106,15 @@ class JobRunner:
 
     def run(self, job_id: str) -> str:
         """Run the job if it is ours to run; returns what happened (a state, or why it was not run)."""
-        claim, lease = self.records.claim(job_id, self.owner, self.settings.lease_s, self.settings.max_attempts)
+        settings = self.settings
+        claim, lease = self.records.claim(
+            job_id, self.owner, settings.lease_s, settings.max_attempts, settings.job_time_limit_s
+        )
         if claim is Claim.exhausted:
-            log.error("job %s: its worker was lost %d times; failed", job_id, self.settings.max_attempts)
-            self.telemetry.record_failure(ErrorCode.worker_lost)
+            view = self.records.view(job_id)
+            code = view.error.code if view is not None and view.error is not None else ErrorCode.worker_lost
+            log.error("job %s: failed with %s, it is not run again", job_id, code)
+            self.telemetry.record_failure(code)
         if lease is None:
             log.info("job %s not run: %s", job_id, claim.value)
             return claim.value

@@ -103,6 +103,27 @@ def test_a_lease_past_the_time_limit_ends_as_timeout(records):
     assert records.view(job).error.code == "timeout"
 
 
+def test_a_worker_that_died_early_is_not_a_timeout_however_late_it_is_noticed(records):
+    job = new_job(records)
+    records.claim(job, "a", LEASE_S / 5, max_attempts=3)
+    time.sleep(LEASE_S + 0.1)  # longer than the time limit below
+    assert records.reclaim(job, max_attempts=3, time_limit_s=LEASE_S) == "queued"
+    records.claim(job, "b", LEASE_S / 5, max_attempts=3, time_limit_s=LEASE_S)
+    time.sleep(LEASE_S / 5 + 0.05)
+    assert records.claim(job, "c", LEASE_S, max_attempts=3, time_limit_s=LEASE_S)[0] is Claim.run
+
+
+def test_a_redelivered_job_that_ran_into_its_time_limit_is_not_run_again(records):
+    job = new_job(records)
+    _, lease = records.claim(job, "a", LEASE_S / 5, max_attempts=3)
+    for _ in range(3):  # alive and renewing, up to its time limit
+        time.sleep(LEASE_S / 10)
+        records.renew(lease, LEASE_S / 5)
+    time.sleep(LEASE_S / 5 + 0.05)
+    assert records.claim(job, "b", LEASE_S, max_attempts=3, time_limit_s=LEASE_S / 5)[0] is Claim.exhausted
+    assert records.view(job).error.code == "timeout"
+
+
 def test_cancel_ends_a_queued_job_and_flags_a_running_one(records):
     queued = new_job(records)
     assert records.cancel(queued).state == "cancelled"

@@ -102,3 +102,23 @@ def test_ready_only_with_a_worker_and_a_broker(service_tmp, lone_redis):
         api.stop()
         if worker is not None:
             worker.stop()
+
+
+def test_a_full_embedded_queue_answers_503_with_retry_after(service_tmp):
+    api, base = start_api(service_tmp, "api-tiny-queue", embedded_queue="1")
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            long_job = {
+                "model": "lenet5-shapes",
+                "methods": [{"name": "rise", "params": {"num_masks": 20000}}],
+                "images": [PHOTO] * 16,
+            }
+            running = http.post("/explain", json=long_job)
+            assert running.status_code == 202
+            full = http.post("/explain", json=long_job)
+            assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full"
+            assert int(full.headers["Retry-After"]) > 0
+            http.delete(f"/jobs/{running.json()['job_id']}")
+            assert poll(http, running.json()["job_id"], 60)["state"] == "cancelled"
+    finally:
+        api.stop()
