@@ -122,10 +122,10 @@ class JobRecords:
                 return None, Claim.missing
             if record["state"] in TERMINAL_STATES:
                 return None, Claim.finished
-            if record.get("cancel_requested"):
-                return _ended(record, "cancelled"), Claim.cancelled
             if record["state"] == "running" and record.get("lease_until", 0) > now:
                 return None, Claim.held
+            if record.get("cancel_requested"):
+                return _ended(record, "cancelled"), Claim.cancelled
             if _timed_out(record, time_limit_s):
                 return _ended(record, "failed", error=_timeout_error(time_limit_s)), Claim.exhausted
             attempts = int(record.get("attempts", 0))
