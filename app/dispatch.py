@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from app.waiting import JobWaiters
 from core.contract import JobSpec, JobView
 from core.errors import ErrorCode, ServiceError
 from core.jobs import JobRecords
@@ -30,6 +31,7 @@ class Dispatcher(ABC):
     kv: KeyValue
     records: JobRecords
     telemetry: Telemetry
+    waiters: JobWaiters
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> None:
@@ -65,6 +67,7 @@ class Dispatcher(ABC):
             return None
 
     def close(self) -> None:
+        self.waiters.close()
         self.kv.close()
 
 
@@ -78,6 +81,7 @@ class EmbeddedDispatcher(Dispatcher):
         self.kv = MemoryKeyValue()
         self.records = JobRecords(self.kv, settings.result_ttl_s)
         self.telemetry = Telemetry(self.kv)
+        self.waiters = JobWaiters(self.kv, self.records)
         self.host = ModelHost(registry, settings.device)
         self.host.load_all()
         for name in self.host.served:
@@ -119,6 +123,7 @@ class EmbeddedDispatcher(Dispatcher):
         return {"embedded": self._waiting}
 
     def close(self) -> None:
+        self.waiters.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -131,6 +136,7 @@ class CeleryDispatcher(Dispatcher):
         self.kv = RedisKeyValue(settings.redis_url)  # type: ignore[arg-type]
         self.records = JobRecords(self.kv, settings.result_ttl_s)
         self.telemetry = Telemetry(self.kv)
+        self.waiters = JobWaiters(self.kv, self.records)
         self.celery = make_celery(settings)
         self._queue_of = queue_of
         self._names = registry.names()

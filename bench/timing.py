@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -36,9 +36,11 @@ def interleaved_ms(runs: list[Callable[[], object]], repeats: int, warmup: int =
     return [statistics.median(times) * 1000 for times in samples]
 
 
-def allocator_setting() -> str:
+def allocator_setting(env: Mapping[str, str] | None = None) -> str:
+    """The glibc allocator setting of this process, or of the environment ``env`` (another process's)."""
+    env = os.environ if env is None else env
     keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-    found = {key: os.environ.get(key) for key in keys}
+    found = {key: env.get(key) for key in keys}
     if all(found.values()):
         return "tuned glibc malloc (" + ", ".join(f"{k}={v}" for k, v in found.items()) + ")"
     return "default glibc malloc"

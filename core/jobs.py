@@ -27,6 +27,7 @@ from core.kv import KeyValue
 
 _PREFIX = "xai:job:"
 LEASES = "xai:leases"  # sorted set: job id -> lease expiry
+ENDED = "xai:ended"  # channel: the id of every job that reached its end
 
 
 class Claim(StrEnum):
@@ -253,7 +254,8 @@ class JobRecords:
         return written
 
     def _release(self, job_id: str) -> None:
-        """A job at its end: no lease to watch, and its pixels are no longer needed."""
+        """A job at its end: waiters are told, no lease to watch, its pixels are no longer needed."""
+        self.kv.publish(ENDED, job_id)
         self.kv.index(LEASES, job_id, None)
         spec = self.spec(job_id)
         if spec is not None:

@@ -7,6 +7,7 @@ what the keys mean is in :mod:`core.jobs` and :mod:`core.telemetry`, written onc
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+log = logging.getLogger(__name__)
+Listener = Callable[[str], None]
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)  # the store is unreachable for now
 Outcome = TypeVar("Outcome")
 # A transaction: (the document or None, the store's clock) -> (the new document or None to leave it, an outcome).
@@ -58,6 +61,15 @@ class KeyValue(ABC):
     def scan(self, prefix: str) -> dict[str, bytes]:
         """Every live key starting with ``prefix``, with its value."""
 
+    @abstractmethod
+    def publish(self, channel: str, message: str) -> None:
+        """Tell the listeners of ``channel`` (at most once; a listener that is away misses it)."""
+
+    @abstractmethod
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(message)`` for every message published on ``channel`` from now on, from another
+        thread; returns the function that stops it."""
+
     def ping(self) -> bool:
         return True
 
@@ -74,6 +86,7 @@ class MemoryKeyValue(KeyValue):
         self._sets: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
         self._last_sweep = 0.0
+        self._listeners: dict[str, list[Listener]] = {}
 
     def now(self) -> float:
         return time.time()
@@ -132,6 +145,14 @@ class MemoryKeyValue(KeyValue):
         with self._lock:
             return {key: value for key in list(self._data) if key.startswith(prefix) and (value := self._live(key))}
 
+    def publish(self, channel: str, message: str) -> None:
+        for listener in list(self._listeners.get(channel, [])):
+            listener(message)
+
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        self._listeners.setdefault(channel, []).append(listener)
+        return lambda: self._listeners[channel].remove(listener)
+
     def _expire(self) -> None:
         now = time.monotonic()
         if now - self._last_sweep < 1.0:
@@ -145,6 +166,7 @@ class RedisKeyValue(KeyValue):
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         import redis
 
+        self.url = url
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
         )
@@ -205,6 +227,37 @@ class RedisKeyValue(KeyValue):
         keys = list(self.client.scan_iter(match=f"{prefix}*", count=200))
         values = self.client.mget(keys) if keys else []
         return {key.decode(): value for key, value in zip(keys, values, strict=True) if value is not None}
+
+    def publish(self, channel: str, message: str) -> None:
+        self.client.publish(channel, message)
+
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        """A thread on its own connection, subscribed again after the connection is lost."""
+        import redis
+
+        stop = threading.Event()
+
+        def run() -> None:
+            pause = 0.5
+            while not stop.is_set():
+                try:
+                    with redis.Redis.from_url(self.url, socket_connect_timeout=5) as client:
+                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        pubsub.subscribe(channel)
+                        pause = 0.5
+                        while not stop.is_set():
+                            message = pubsub.get_message(timeout=1.0)
+                            if message is not None:
+                                listener(message["data"].decode())
+                except (*STORE_ERRORS, ValueError) as error:  # ValueError: the socket closed under the read
+                    if stop.is_set():
+                        return
+                    log.warning("listening on %s: %s; again in %.1f s", channel, type(error).__name__, pause)
+                    stop.wait(pause)
+                    pause = min(pause * 2, 5.0)
+
+        threading.Thread(target=run, name=f"xai-listen-{channel}", daemon=True).start()
+        return stop.set
 
     def ping(self) -> bool:
         return bool(self.client.ping())

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
-import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -91,14 +89,7 @@ async def read_body(
 
 
 async def wait_for(dispatcher: Dispatcher, job_id: str, seconds: float) -> JobView:
-    deadline = time.monotonic() + seconds
-    while True:
-        view = await run_in_threadpool(dispatcher.records.view, job_id)
-        if view is None:
-            raise ServiceError(ErrorCode.job_not_found, f"job {job_id} expired while waiting")
-        if view.state in TERMINAL_STATES or time.monotonic() >= deadline:
-            return view
-        await asyncio.sleep(0.05)
+    return await dispatcher.waiters.wait(job_id, seconds)
 
 
 @router.post(

@@ -1,0 +1,475 @@
+"""What the service path costs over the bare kernel: GradCAM alone, then through the API in both modes.
+
+    python -m bench.service [--modes embedded,celery] [--models efficientnet-lite0,lenet5-shapes]
+                            [--requests 30] [--seconds 20] [--clients 16] [--quick]
+
+In one run:
+
+1. The kernel: GradCAM at batch 1 on the network the worker holds (``ModelRegistry().network``, the
+   manifest's ``gradcam_layer``, channels_last input, the explainer built per call through
+   ``workers/methods.py`` as the job runner does), on the same decoded image the service gets. Its
+   median ms and its standalone batch-1 rate (explanations/s). It runs in a child process with the
+   tuned glibc allocator (``app.cli.ALLOCATOR``), the setting ``xai serve`` and ``xai worker`` give
+   the service processes; the setting of every side is printed.
+2. One client: ``POST /explain?wait=30`` with a JSON body (one base64 image, ``gradcam``, a heatmap
+   PNG), N sequential requests after a few warm-up ones; p50 and p95 latency, and the overhead over
+   the kernel (p50 minus the kernel's median), with the job's own timings for where the time went.
+3. Throughput: 16 concurrent asyncio clients (httpx) for a bounded time doing the same request;
+   jobs/s against the kernel's batch-1 rate, and every answer that was not a 200 with a succeeded job.
+
+Per mode: embedded (``xai serve`` without ``XAI_REDIS_URL``: jobs in the API process) and Celery
+(a redis-server on a free port, one ``xai worker``, the API with ``XAI_REDIS_URL``). The modes run
+one after another, each with only its own processes up; every process started is stopped at the end.
+Images: scikit-image's photo of a cat (``chelsea``) resized to 224x224 as a JPEG for
+efficientnet-lite0; a 32x32 PNG of ``models.shapes`` for lenet5-shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from PIL import Image
+
+from app.cli import ALLOCATOR
+from bench.timing import allocator_setting
+from tests.service.conftest import ROOT, Process, RedisServer, start_api, start_worker, wait_until
+from tests.service.helpers import b64, encode, shape_photos
+
+if TYPE_CHECKING:
+    import torch
+
+    from workers.methods import Context
+
+MODELS = ("efficientnet-lite0", "lenet5-shapes")
+MODES = ("embedded", "celery")
+PATH = "/explain?wait=30"
+# Targets of the work: single-client p50 overhead (efficientnet-lite0), and jobs/s under 16 clients
+# over the kernel's batch-1 rate, per model.
+OVERHEAD_TARGET_MS = {"efficientnet-lite0": 15.0}
+RATE_TARGET = {"efficientnet-lite0": 1.2, "lenet5-shapes": 0.3}
+
+
+# --- the images and the request ------------------------------------------------------------------
+
+
+def image_file(model: str) -> tuple[bytes, str]:
+    """The encoded image sent for ``model``, and what it is."""
+    if model == "efficientnet-lite0":
+        from skimage import data
+
+        cat = Image.fromarray(data.chelsea()).resize((224, 224), Image.Resampling.BILINEAR)
+        return encode(cat, "JPEG", quality=90), "cat, 224x224 JPEG"
+    if model == "lenet5-shapes":
+        return encode(shape_photos(1)[0]), "shape, 32x32 PNG"
+    raise ValueError(f"no benchmark image for model {model!r}; choose from {', '.join(MODELS)}")
+
+
+def request_body(model: str) -> bytes:
+    """The JSON body of every request of a model, serialised once (the clients share 2 cores with the service)."""
+    data, _ = image_file(model)
+    body = {"model": model, "methods": [{"name": "gradcam"}], "outputs": ["heatmap"], "images": [b64(data)]}
+    return json.dumps(body).encode()
+
+
+HEADERS = {"content-type": "application/json"}
+
+
+# --- the kernel (in a child process with the tuned allocator) --------------------------------------
+
+
+def kernel(models: list[str], seconds: float) -> dict[str, Any]:
+    """GradCAM at batch 1 per model, as the worker runs it; repeated for ``seconds`` (at least 10 runs)."""
+    import torch
+
+    from bench.timing import machine
+    from core.images import decode_image
+    from models.preprocessing import preprocess
+    from models.registry import ModelRegistry
+    from workers.methods import Context
+
+    registry = ModelRegistry()
+    found: dict[str, Any] = {}
+    for name in models:
+        manifest = registry.manifest(name)
+        network = registry.network(name)
+        data, what = image_file(name)
+        photo = decode_image(data, max_bytes=len(data), max_pixels=10**9)
+        x = torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            targets = network(x).argmax(dim=1, keepdim=True)  # (1, 1): the top class, as the job explains it
+        samples = timed_runs(gradcam_run(Context(network, manifest.gradcam_layer), x, targets), seconds)
+        found[name] = {
+            "image": what,
+            "layer": manifest.gradcam_layer,
+            "median_ms": statistics.median(samples) * 1000,
+            "rate": len(samples) / sum(samples),
+            "runs": len(samples),
+        }
+    return {"allocator": allocator_setting(), "machine": machine(), "models": found}
+
+
+def gradcam_run(context: Context, x: torch.Tensor, targets: torch.Tensor) -> Callable[[], object]:
+    """One job's explanation: the explainer built from the call and run, as ``workers/inference.py`` does."""
+    from core.methods import call
+    from workers.methods import build_explainer, explain
+
+    gradcam = call("gradcam")
+    return lambda: explain(gradcam, build_explainer(gradcam, context), x, targets, lambda fraction: None)[0].float()
+
+
+def timed_runs(run: Callable[[], object], seconds: float, warmup: int = 3, least: int = 10) -> list[float]:
+    """Seconds per run: back to back for ``seconds`` (and at least ``least`` runs), after ``warmup``."""
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < least or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def kernel_in_child(models: list[str], seconds: float) -> dict[str, Any]:
+    """``kernel`` in a fresh process started with the allocator setting the service processes get."""
+    command = [sys.executable, "-m", "bench.service", "--kernel-only", "--models", ",".join(models)]
+    command += ["--kernel-seconds", str(seconds)]
+    done = subprocess.run(
+        command, env={**os.environ, **ALLOCATOR}, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the kernel measurement failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+def process_allocator(pid: int) -> str:
+    """The allocator setting a running process of ours started with (its environment, from /proc)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError as error:
+        return f"unknown ({type(error).__name__})"
+    env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+    return allocator_setting(env)
+
+
+@dataclass
+class Service:
+    mode: str
+    base: str
+    allocators: dict[str, str]  # process -> its allocator setting
+
+
+@contextmanager
+def running(mode: str, tmp: Path) -> Iterator[Service]:
+    """The API in ``mode`` (and for Celery its redis-server and one worker), all stopped on the way out."""
+    started: list[Process] = []
+    server: RedisServer | None = None
+    try:
+        if mode == "embedded":
+            api, base = start_api(tmp, "api-embedded")
+            started.append(api)
+            yield Service(mode, base, {"API (jobs in-process)": process_allocator(api.process.pid)})
+        elif mode == "celery":
+            server = RedisServer(tmp)
+            server.start()
+            worker = start_worker(tmp, "worker", server.url)
+            started.append(worker)
+            api, base = start_api(tmp, "api-celery", redis_url=server.url)
+            started.append(api)
+            yield Service(
+                mode,
+                base,
+                {
+                    "worker": process_allocator(worker.process.pid),
+                    "API (no torch)": process_allocator(api.process.pid),
+                },
+            )
+        else:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    finally:
+        for process in reversed(started):
+            process.stop()
+        if server is not None:
+            server.stop()
+
+
+def warm_up(http: httpx.Client, body: bytes, count: int, timeout: float = 120) -> None:
+    """``count`` successful requests; 503s (models still loading, queues not consumed yet) are retried."""
+
+    def succeeded() -> bool:
+        response = http.post(PATH, content=body, headers=HEADERS)
+        if response.status_code == 503:
+            return False
+        check(response)
+        return True
+
+    for _ in range(count):
+        wait_until(succeeded, timeout, "the service did not answer a warm-up request with 200", interval=0.5)
+
+
+def check(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {PATH}: {response.status_code} {response.text[:500]}")
+    view = response.json()
+    if view["state"] != "succeeded":
+        raise RuntimeError(f"POST {PATH}: job {view['state']}: {view.get('error')}")
+    return view
+
+
+@dataclass
+class Single:
+    latencies_ms: list[float]
+    job_ms: dict[str, list[float]] = field(default_factory=dict)  # predict, gradcam, queued, run
+
+
+def single_client(base: str, body: bytes, warmup: int, requests: int) -> Single:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        warm_up(http, body, warmup)
+        found = Single([])
+        for _ in range(requests):
+            start = time.perf_counter()
+            response = http.post(PATH, content=body, headers=HEADERS)
+            found.latencies_ms.append((time.perf_counter() - start) * 1000)
+            view = check(response)
+            parts = {key: view["timings_ms"].get(key) for key in ("predict", "gradcam")}
+            if view.get("started_at") is not None and view.get("finished_at") is not None:
+                parts["queued"] = (view["started_at"] - view["created_at"]) * 1000
+                parts["run"] = (view["finished_at"] - view["started_at"]) * 1000
+            for key, value in parts.items():
+                if value is not None:
+                    found.job_ms.setdefault(key, []).append(value)
+        return found
+
+
+@dataclass
+class Load:
+    jobs: int
+    seconds: float
+    latencies_ms: list[float]
+    other: Counter  # answers that were not a 200 with a succeeded job
+
+
+async def _load(base: str, body: bytes, clients: int, seconds: float) -> Load:
+    found = Load(0, 0.0, [], Counter())
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+        started = time.monotonic()
+        deadline = started + seconds
+
+        async def client() -> None:
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                try:
+                    response = await http.post(PATH, content=body, headers=HEADERS)
+                except httpx.TransportError as error:
+                    found.other[f"transport {type(error).__name__}"] += 1
+                    continue
+                if response.status_code != 200:
+                    found.other[f"http {response.status_code}"] += 1
+                elif (state := response.json()["state"]) != "succeeded":
+                    found.other[f"200 {state}"] += 1
+                else:
+                    found.jobs += 1
+                    found.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        found.seconds = time.monotonic() - started  # until the last request started before the deadline answered
+    return found
+
+
+def load(base: str, body: bytes, clients: int, seconds: float) -> Load:
+    return asyncio.run(_load(base, body, clients, seconds))
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def percentile(samples: list[float], q: int) -> float:
+    if len(samples) < 2:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def median_of(values: list[float] | None) -> str:
+    return "—" if not values else f"{statistics.median(values):.1f}"
+
+
+def verdict(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def loadavg() -> str:
+    return "/".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def note(message: str) -> None:
+    """Progress, on stderr: stdout holds the report."""
+    print(f"[{time.strftime('%H:%M:%S')}] load {loadavg()}: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Row:
+    mode: str
+    model: str
+    single: Single
+    load: Load
+    clients: int
+
+
+def report(measured: dict[str, Any], allocators: dict[str, dict[str, str]], rows: list[Row], args: Any) -> None:
+    kernels = measured["models"]
+    print("\n### Kernel: GradCAM, batch 1, channels_last, in a process of its own\n")
+    print("| model | image | layer | median ms | batch-1 rate /s | runs |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for name, k in kernels.items():
+        print(f"| {name} | {k['image']} | {k['layer']} | {k['median_ms']:.1f} | {k['rate']:.1f} | {k['runs']} |")
+
+    print(f"\n### One client: `POST {PATH}`, {args.requests} sequential requests after {args.warmup} warm-up\n")
+    print(
+        "Overhead: the p50 latency minus the kernel's median. The job's own timings (medians): `predict` "
+        "(the forward pass for the top-5, with the OoD score where the model has a head), `gradcam` "
+        "(the explainer), `queued` (created to started), `run` (started to finished: also rendering the PNG).\n"
+    )
+    print(
+        "| mode | model | p50 ms | p95 ms | kernel ms | overhead p50 ms | target | met "
+        "| job predict ms | job gradcam ms | job queued ms | job run ms |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        p50 = statistics.median(row.single.latencies_ms)
+        p95 = percentile(row.single.latencies_ms, 95)
+        kernel_ms = kernels[row.model]["median_ms"]
+        overhead = p50 - kernel_ms
+        target = OVERHEAD_TARGET_MS.get(row.model)
+        goal = "—" if target is None else f"<= {target:.0f}"
+        met = "—" if target is None else verdict(overhead <= target)
+        jobs = row.single.job_ms
+        print(
+            f"| {row.mode} | {row.model} | {p50:.1f} | {p95:.1f} | {kernel_ms:.1f} | {overhead:.1f} | {goal} | {met} "
+            f"| {median_of(jobs.get('predict'))} | {median_of(jobs.get('gradcam'))} "
+            f"| {median_of(jobs.get('queued'))} | {median_of(jobs.get('run'))} |"
+        )
+
+    clients = rows[0].clients if rows else args.clients
+    print(f"\n### Throughput: {clients} concurrent clients, {args.seconds:g} s each, the same request\n")
+    print(
+        "| mode | model | jobs | s | jobs/s | kernel batch-1 /s | ratio | target | met | p50 ms | p95 ms "
+        "| not 200 + succeeded |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |")
+    for row in rows:
+        rate = row.load.jobs / row.load.seconds
+        kernel_rate = kernels[row.model]["rate"]
+        ratio = rate / kernel_rate
+        target = RATE_TARGET.get(row.model)
+        goal = "—" if target is None else f">= {target:g}x"
+        met = "—" if target is None else verdict(ratio >= target)
+        latencies = row.load.latencies_ms
+        p50 = f"{statistics.median(latencies):.0f}" if latencies else "—"
+        p95 = f"{percentile(latencies, 95):.0f}" if latencies else "—"
+        other = sum(row.load.other.values())
+        others = f"{other}" + (f" ({dict(row.load.other)})" if other else "")
+        print(
+            f"| {row.mode} | {row.model} | {row.load.jobs} | {row.load.seconds:.1f} | {rate:.1f} | {kernel_rate:.1f} "
+            f"| {ratio:.2f} | {goal} | {met} | {p50} | {p95} | {others} |"
+        )
+
+    print("\nAllocator per process:", measured["allocator"], "(kernel)", end="")
+    for mode, found in allocators.items():
+        for process, setting in found.items():
+            print(f"; {mode} {process}: {setting}", end="")
+    print()
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def listed(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (comma-separated), got {text!r}")
+        return items
+
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", type=listed(MODES), default=list(MODES), help="embedded,celery (default: both)")
+    parser.add_argument("--models", type=listed(MODELS), default=list(MODELS), help="default: both bundled models")
+    parser.add_argument("--requests", type=int, default=None, help="sequential requests of one client (30)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up requests before them (3)")
+    parser.add_argument("--seconds", type=float, default=None, help="length of each throughput run (20)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the throughput runs")
+    parser.add_argument("--kernel-seconds", type=float, default=None, help="time per kernel measurement (5)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 requests, 5 s of load, 1 s of kernel")
+    parser.add_argument("--logs", type=Path, help="keep the service processes' logs here (default: a temp dir)")
+    parser.add_argument("--kernel-only", action="store_true", help="measure the kernel in this process; print JSON")
+    args = parser.parse_args(argv)
+    defaults = {"requests": (30, 8), "warmup": (3, 2), "seconds": (20.0, 5.0), "kernel_seconds": (5.0, 1.0)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.requests < 2 or args.clients < 1 or args.seconds <= 0:
+        parser.error("--requests must be at least 2, --clients at least 1, --seconds positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.kernel_only:
+        print(json.dumps(kernel(args.models, args.kernel_seconds)))
+        return
+
+    note("kernel (child process, tuned allocator)")
+    measured = kernel_in_child(args.models, args.kernel_seconds)
+    print(
+        f"# service overhead — {measured['machine']}; kernel: {measured['allocator']}; "
+        f"modes {','.join(args.modes)}; load average (1/5/15 min) at start {loadavg()}"
+    )
+    bodies = {model: request_body(model) for model in args.models}
+    rows: list[Row] = []
+    allocators: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="xai-bench-") as temporary:
+        tmp = args.logs or Path(temporary)
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            for mode in args.modes:
+                note(f"{mode}: starting the service")
+                with running(mode, tmp) as service:
+                    allocators[mode] = service.allocators
+                    for model in args.models:
+                        note(f"{mode} {model}: one client, {args.requests} requests")
+                        single = single_client(service.base, bodies[model], args.warmup, args.requests)
+                        note(f"{mode} {model}: {args.clients} clients, {args.seconds:g} s")
+                        loaded = load(service.base, bodies[model], args.clients, args.seconds)
+                        rows.append(Row(mode, model, single, loaded, args.clients))
+        finally:
+            if rows:  # what was measured, even when a later mode failed
+                report(measured, allocators, rows, args)
+                print(f"\nLoad average (1/5/15 min) at the end: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
