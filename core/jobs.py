@@ -28,6 +28,7 @@ from core.kv import KeyValue
 _PREFIX = "xai:job:"
 LEASES = "xai:leases"  # sorted set: job id -> lease expiry
 ENDED = "xai:ended"  # channel: the id of every job that reached its end
+_QUEUED = "xai:queued:"  # list per model: ids of jobs sent, for a worker to gather a batch
 
 
 class Claim(StrEnum):
@@ -75,6 +76,7 @@ class JobRecords:
             "attempts": 0,
         }
         self.kv.put(f"{_PREFIX}{spec.job_id}", json.dumps(record).encode(), self.ttl_s)
+        self.kv.push(f"{_QUEUED}{spec.model}", spec.job_id, self.ttl_s)
         return _view(record)
 
     def view(self, job_id: str) -> JobView | None:
@@ -111,6 +113,12 @@ class JobRecords:
 
     def pixels(self, job_id: str, index: int) -> bytes | None:
         return self.kv.get(f"{_PREFIX}{job_id}:pixels:{index}")
+
+    def queued(self, model: str, count: int) -> list[str]:
+        """Up to ``count`` ids of jobs sent for ``model``, oldest first, taken off the list: candidates a
+        worker may claim to run beside its own. Only a hint: each job's message still reaches a worker,
+        which runs it unless it was claimed in a batch meanwhile."""
+        return self.kv.pop(f"{_QUEUED}{model}", count)
 
     def claim(
         self, job_id: str, owner: str, lease_s: float, max_attempts: int, time_limit_s: float = float("inf")

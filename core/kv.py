@@ -58,6 +58,14 @@ class KeyValue(ABC):
         """Members of the sorted set ``key`` scored at most ``score``."""
 
     @abstractmethod
+    def push(self, key: str, member: str, ttl_s: float) -> None:
+        """Append ``member`` to the list ``key`` (the list expires ``ttl_s`` after its last push)."""
+
+    @abstractmethod
+    def pop(self, key: str, count: int) -> list[str]:
+        """Take up to ``count`` members from the head of the list ``key``."""
+
+    @abstractmethod
     def scan(self, prefix: str) -> dict[str, bytes]:
         """Every live key starting with ``prefix``, with its value."""
 
@@ -87,6 +95,7 @@ class MemoryKeyValue(KeyValue):
         self._lock = threading.Lock()
         self._last_sweep = 0.0
         self._listeners: dict[str, list[Listener]] = {}
+        self._lists: dict[str, list[str]] = {}
 
     def now(self) -> float:
         return time.time()
@@ -144,6 +153,16 @@ class MemoryKeyValue(KeyValue):
     def scan(self, prefix: str) -> dict[str, bytes]:
         with self._lock:
             return {key: value for key in list(self._data) if key.startswith(prefix) and (value := self._live(key))}
+
+    def push(self, key: str, member: str, ttl_s: float) -> None:
+        with self._lock:
+            self._lists.setdefault(key, []).append(member)
+
+    def pop(self, key: str, count: int) -> list[str]:
+        with self._lock:
+            members = self._lists.get(key, [])
+            taken, self._lists[key] = members[:count], members[count:]
+            return taken
 
     def publish(self, channel: str, message: str) -> None:
         for listener in list(self._listeners.get(channel, [])):
@@ -227,6 +246,15 @@ class RedisKeyValue(KeyValue):
         keys = list(self.client.scan_iter(match=f"{prefix}*", count=200))
         values = self.client.mget(keys) if keys else []
         return {key.decode(): value for key, value in zip(keys, values, strict=True) if value is not None}
+
+    def push(self, key: str, member: str, ttl_s: float) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, member)
+            pipe.expire(key, max(1, int(ttl_s)))
+            pipe.execute()
+
+    def pop(self, key: str, count: int) -> list[str]:
+        return [member.decode() for member in self.client.lpop(key, count) or []]
 
     def publish(self, channel: str, message: str) -> None:
         self.client.publish(channel, message)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     lease_s: float = Field(
         20.0, ge=2, le=600, description="A running job's lease; its worker renews it every quarter of this."
     )
+    batch_max_images: int = Field(
+        16, ge=1, le=1024, description="Images of jobs of one model run together in one batch (1: no batching)."
+    )
+    batch_window_ms: float = Field(
+        3.0, ge=0, le=1000, description="How long a worker waits for jobs to batch with the one it took."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (decompression bombs).")
     max_images: int = Field(16, ge=1, description="Most images in one request.")

@@ -1,14 +1,17 @@
-"""The work of one job on a loaded model: predict, explain with every method asked for, render.
+"""The work of a batch of jobs on a loaded model: predict, explain with every method, then results.
 
-No store and no state machine here: the photos come in, the result goes out, and ``checkpoint``
-is called with the job's progress between batches (it raises to stop the job: cancelled, timed
-out, lease lost).
+No store and no state machine here. :func:`compute` takes the photos of one or more jobs that ask
+for the same methods with the same seed (a batch, see ``workers/job_runner.py``), runs one
+prediction pass and each method once over all their images, and calls ``checkpoint`` with the
+progress between batches (it raises to stop: cancelled, timed out, lease lost).
+:func:`result_of` turns one job's share into its :class:`JobResult`, rendering its maps.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,6 +20,7 @@ from PIL import Image
 
 from core.contract import ImageResult, JobResult, JobSpec, MapResult, Prediction
 from core.errors import ErrorCode, ServiceError
+from core.methods import MethodCallBase
 from models.preprocessing import preprocess
 from workers.methods import Context, build_explainer, explain
 from workers.model_host import ModelHost
@@ -31,69 +35,130 @@ def photo_of(pixels: bytes, size: tuple[int, int]) -> Image.Image:
     return Image.frombuffer("RGB", size, pixels, "raw", "RGB", 0, 1)
 
 
-def run_inference(
-    spec: JobSpec,
-    photos: list[Image.Image],
+def batch_key(spec: JobSpec) -> str:
+    """Jobs with the same key can share one pass per method: same model, methods, parameters and seed."""
+    calls = ",".join(call.model_dump_json() for call in spec.methods)
+    return f"{spec.model}|{spec.seed}|{calls}"
+
+
+@dataclass
+class Computed:
+    """One image of one job: its predictions, OoD score, targets, and per method the (L, H, W) maps."""
+
+    classes: list[int]
+    probabilities: list[float]
+    ood_score: float | None
+    targets: list[int]
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def compute(
+    specs: list[JobSpec],
+    photos: list[list[Image.Image]],
     host: ModelHost,
     checkpoint: Checkpoint,
-    put_png: PutPng,
     timings: dict[str, float],
-) -> JobResult:
-    manifest = host.manifest(spec.model)
-    inputs = torch.from_numpy(np.stack([preprocess(photo, manifest.preprocessing) for photo in photos]))
+) -> list[list[Computed]]:
+    """Per job, per image, what :func:`result_of` needs. The specs share :func:`batch_key`."""
+    first = specs[0]
+    manifest = host.manifest(first.model)
+    flat = [photo for job in photos for photo in job]
+    inputs = torch.from_numpy(np.stack([preprocess(photo, manifest.preprocessing) for photo in flat]))
     inputs = inputs.to(host.device).contiguous(memory_format=torch.channels_last)
-    with host.lock(spec.model):
-        network = host.network(spec.model)
+    with host.lock(first.model):
+        network = host.network(first.model)
+        ood = host.ood_net(first.model)
         started = time.perf_counter()
-        with torch.inference_mode():
-            probabilities = F.softmax(network(inputs).float(), dim=1)
-        ood = host.ood_net(spec.model)
-        scores = None
-        if ood is not None:
-            with torch.inference_mode():
-                scores = ood.ood_score(inputs).tolist()
+        probabilities, scores = _predict(network, ood, inputs)
         timings["predict"] = (time.perf_counter() - started) * 1000
-        top = probabilities.topk(min(max(PREDICTIONS, spec.top_k), probabilities.shape[1]), dim=1)
-        targets = spec.targets or [row[: spec.top_k] for row in top.indices.tolist()]
-        context = Context(network, manifest.gradcam_layer, spec.seed, ood)
-        maps: list[list[MapResult]] = [[] for _ in photos]
-        for index, call in enumerate(spec.methods):
+        most = max(max(PREDICTIONS, spec.top_k) for spec in specs)
+        top = probabilities.topk(min(most, probabilities.shape[1]), dim=1)
+        images: list[Computed] = []
+        for spec in specs:
+            for index in range(spec.image_count):
+                row = len(images)
+                ranked = top.indices[row].tolist()
+                keep = min(max(PREDICTIONS, spec.top_k), len(ranked))
+                images.append(
+                    Computed(
+                        classes=ranked[:keep],
+                        probabilities=top.values[row, :keep].tolist(),
+                        ood_score=None if scores is None else scores[row],
+                        targets=spec.targets[index] if spec.targets else ranked[: spec.top_k],
+                    )
+                )
+        context = Context(network, manifest.gradcam_layer, first.seed, ood)
+        for index, call in enumerate(first.methods):
             started = time.perf_counter()
-            report = _scaled(checkpoint, index, len(spec.methods))
+            report = _scaled(checkpoint, index, len(first.methods))
             report(0.0)
-            saliency = _explain_all(call, index, context, inputs, targets, report)
+            saliency = _explain_all(call, index, context, inputs, [image.targets for image in images], report)
             timings[call.name] = (time.perf_counter() - started) * 1000
-            for image, photo in enumerate(photos):
-                for column, target in enumerate(targets[image]):
-                    values = saliency[image][column].numpy()
-                    maps[image].append(render_map(spec, manifest, photo, image, call.name, target, values, put_png))
-    images = [
-        ImageResult(
-            index=image,
-            predictions=[
-                Prediction(class_id=c, label=manifest.labels[c], probability=round(p, 6))
-                for c, p in zip(top.indices[image].tolist(), top.values[image].tolist(), strict=True)
-            ],
-            ood_score=None if scores is None else scores[image],
-            maps=maps[image],
+            for image, maps in zip(images, saliency, strict=True):
+                image.maps[call.name] = maps
+    per_job, start = [], 0
+    for spec in specs:
+        per_job.append(images[start : start + spec.image_count])
+        start += spec.image_count
+    return per_job
+
+
+def result_of(
+    spec: JobSpec, photos: list[Image.Image], computed: list[Computed], host: ModelHost, put_png: PutPng
+) -> JobResult:
+    """One job's result from its share of :func:`compute`, its maps rendered as it asked."""
+    manifest = host.manifest(spec.model)
+    images = []
+    for index, (photo, image) in enumerate(zip(photos, computed, strict=True)):
+        maps: list[MapResult] = []
+        for call in spec.methods:
+            for column, target in enumerate(image.targets):
+                values = image.maps[call.name][column].numpy()
+                maps.append(render_map(spec, manifest, photo, index, call.name, target, values, put_png))
+        images.append(
+            ImageResult(
+                index=index,
+                predictions=[
+                    Prediction(class_id=c, label=manifest.labels[c], probability=round(p, 6))
+                    for c, p in zip(image.classes, image.probabilities, strict=True)
+                ],
+                ood_score=image.ood_score,
+                maps=maps,
+            )
         )
-        for image in range(len(photos))
-    ]
     return JobResult(model=spec.model, images=images)
 
 
+def _predict(network: torch.nn.Module, ood, inputs: torch.Tensor) -> tuple[torch.Tensor, list[float] | None]:
+    """(class probabilities (N, K), OoD scores or None). With an OoD head on a network that can classify
+    its own features, one pass serves both; otherwise the head reads the features in a second pass."""
+    with torch.inference_mode():
+        if ood is None:
+            return F.softmax(network(inputs).float(), dim=1), None
+        if ood.underlying is network and hasattr(network, "classify_features"):
+            features = ood.features(inputs)
+            logits = network.classify_features(features)
+            return F.softmax(logits.float(), dim=1), ood.cosine(features).amax(dim=1).tolist()
+        return F.softmax(network(inputs).float(), dim=1), ood.ood_score(inputs).tolist()
+
+
 def _explain_all(
-    call, index: int, context: Context, inputs: torch.Tensor, targets: list[list[int]], report: Checkpoint
+    call: MethodCallBase,
+    index: int,
+    context: Context,
+    inputs: torch.Tensor,
+    targets: list[list[int]],
+    report: Checkpoint,
 ) -> list[torch.Tensor]:
     """Per image, the (L, H, W) maps of its targets. Images with as many targets run as one batch."""
     field = f"methods[{index}].params"
     try:
         explainer = build_explainer(call, context)
-        groups = (
-            [list(range(len(targets)))] if len({len(t) for t in targets}) == 1 else [[i] for i in range(len(targets))]
-        )
+        groups: dict[int, list[int]] = {}
+        for image, wanted in enumerate(targets):
+            groups.setdefault(len(wanted), []).append(image)
         out: list[torch.Tensor] = [torch.empty(0)] * len(targets)
-        for number, rows in enumerate(groups):
+        for number, rows in enumerate(groups.values()):
             wanted = torch.tensor([targets[i] for i in rows], device=inputs.device)
             maps = explain(call, explainer, inputs[rows], wanted, _scaled(report, number, len(groups)))
             for position, image in enumerate(rows):

@@ -2,8 +2,11 @@
 
 The state machine and the error boundary. The runner claims the job's lease (``core/jobs.py``:
 a job whose lease is alive elsewhere is not run; one that used up its attempts fails with
-``worker_lost``), renews it from a thread while the work runs, reads the spec and pixels, runs
-:func:`workers.inference.run_inference`, and writes the end. Known failures become error codes;
+``worker_lost``), then claims the jobs sent for the same model with the same methods that wait
+beside it (a batch, up to ``batch_max_images``), renews every lease from a thread while the work
+runs, runs :func:`workers.inference.compute` once for the batch, and writes each job's end. Each job
+keeps its own progress, cancellation, result and error: a job cancelled mid-batch ends at the next
+checkpoint while the others go on, and a batch that fails runs again job by job. Known failures become error codes;
 nothing of a traceback leaves the worker. A write that fails because the store is away is tried
 again until it is back (or, past ``STORE_RETRY_S``, raised, so that the message is not acknowledged
 and the lease expires: the job runs again).
@@ -15,17 +18,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
+from PIL import Image
 
-from core.contract import ErrorInfo, JobResult
+from core.contract import ErrorInfo, JobResult, JobSpec
 from core.errors import ErrorCode, ServiceError
 from core.jobs import Claim, JobRecords, Lease
 from core.kv import STORE_ERRORS
 from core.settings import Settings
 from core.telemetry import Telemetry
-from workers.inference import photo_of, run_inference
+from workers.inference import batch_key, compute, photo_of, result_of
 from workers.model_host import ModelHost
 
 log = logging.getLogger(__name__)
@@ -61,13 +66,15 @@ def persist(write: Callable[[], T], what: str) -> T:
 
 
 class LeaseKeeper:
-    """Renews a lease every quarter of its length from a thread, and notes a cancellation or a loss."""
+    """Renews the leases of a batch every quarter of their length from one thread, and notes per job a
+    cancellation or a loss."""
 
-    def __init__(self, records: JobRecords, lease: Lease, lease_s: float) -> None:
-        self.records, self.lease, self.lease_s = records, lease, lease_s
-        self.lost = self.cancel = False
+    def __init__(self, records: JobRecords, leases: list[Lease], lease_s: float) -> None:
+        self.records, self.leases, self.lease_s = records, leases, lease_s
+        self.lost: set[str] = set()
+        self.cancel: set[str] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"xai-lease-{lease.job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._renew, name="xai-lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -79,15 +86,32 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 4):
-            try:
-                held, cancel = self.records.renew(self.lease, self.lease_s)
-            except STORE_ERRORS as error:
-                log.warning("job %s: lease not renewed, store unreachable (%s)", self.lease.job_id, error)
-                continue
-            self.cancel = self.cancel or cancel
-            if not held:
-                self.lost = True
-                return
+            for lease in self.leases:
+                if lease.job_id in self.lost:
+                    continue
+                try:
+                    held, cancel = self.records.renew(lease, self.lease_s)
+                except STORE_ERRORS as error:
+                    log.warning("job %s: lease not renewed, store unreachable (%s)", lease.job_id, error)
+                    continue
+                if cancel:
+                    self.cancel.add(lease.job_id)
+                if not held:
+                    self.lost.add(lease.job_id)
+
+
+@dataclass
+class Job:
+    """One job of a batch, as its attempt runs: its lease, spec and photos, and its end once known."""
+
+    lease: Lease
+    spec: JobSpec
+    photos: list[Image.Image] = field(default_factory=list)
+    outcome: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.lease.job_id
 
 
 class JobRunner:
@@ -105,7 +129,22 @@ class JobRunner:
         self.timeout_errors = timeout_errors  # the transport's own "time is up" (Celery's soft time limit)
 
     def run(self, job_id: str) -> str:
-        """Run the job if it is ours to run; returns what happened (a state, or why it was not run)."""
+        """Run the job if it is ours to run, with the compatible jobs waiting beside it; returns what
+        happened to it (a state, or why it was not run)."""
+        claim, lease = self._claim(job_id)
+        if lease is None:
+            return claim.value
+        spec = persist(lambda: self.records.spec(job_id), "read the spec")
+        if spec is None:
+            info = ErrorInfo(code=ErrorCode.expired, message="the job expired before it ran")
+            persist(lambda: self.records.finish(lease, "failed", error=info), f"job {job_id}: write failed")
+            return "failed"
+        jobs = [Job(lease, spec), *self._gather(spec)]
+        with LeaseKeeper(self.records, [job.lease for job in jobs], self.settings.lease_s) as keeper:
+            self._attempt(jobs, keeper)
+        return jobs[0].outcome or "lease_lost"
+
+    def _claim(self, job_id: str) -> tuple[Claim, Lease | None]:
         settings = self.settings
         claim, lease = self.records.claim(
             job_id, self.owner, settings.lease_s, settings.max_attempts, settings.job_time_limit_s
@@ -117,104 +156,173 @@ class JobRunner:
             self.telemetry.record_failure(code)
         if lease is None:
             log.info("job %s not run: %s", job_id, claim.value)
-            return claim.value
-        with LeaseKeeper(self.records, lease, self.settings.lease_s) as keeper:
-            return self._attempt(lease, keeper)
+        return claim, lease
 
-    def _attempt(self, lease: Lease, keeper: LeaseKeeper) -> str:
+    def _gather(self, spec: JobSpec) -> list[Job]:
+        """Claim jobs sent for the same model with the same methods, up to the batch budget, waiting
+        ``batch_window_ms`` for them. A job taken off the hint list but not claimed keeps its message."""
+        budget = self.settings.batch_max_images - spec.image_count
+        if budget <= 0:
+            return []
+        key, mates = batch_key(spec), []
+        deadline = time.monotonic() + self.settings.batch_window_ms / 1000
+        while budget > 0:
+            for job_id in self.records.queued(spec.model, 16):
+                other = None if job_id == spec.job_id else self.records.spec(job_id)
+                if other is None or batch_key(other) != key or other.image_count > budget:
+                    continue
+                lease = self.records.claim(job_id, self.owner, self.settings.lease_s, self.settings.max_attempts)[1]
+                if lease is not None:
+                    mates.append(Job(lease, other))
+                    budget -= other.image_count
+            pause = deadline - time.monotonic()
+            if pause <= 0:
+                break
+            time.sleep(pause)
+        if mates:
+            log.info("job %s runs in a batch with %d more", spec.job_id, len(mates))
+        return mates
+
+    def _attempt(self, jobs: list[Job], keeper: LeaseKeeper) -> None:
+        """Run the batch to the end of every job in it."""
+        for job in jobs:
+            try:
+                job.photos = self._photos(job)
+            except ServiceError as error:
+                self._end_now(job, "failed", error)
+        live = [job for job in jobs if job.outcome is None]
+        if not live:
+            return
         timings: dict[str, float] = {}
         try:
-            result = self._work(lease, keeper, timings)
+            computed = compute(
+                [job.spec for job in live],
+                [job.photos for job in live],
+                self.host,
+                self._checkpoint(live, keeper),
+                timings,
+            )
         except Cancelled:
-            return self._end(lease, "cancelled", timings=timings)
-        except LeaseLost:
-            log.warning("job %s: lease lost to another attempt; nothing written", lease.job_id)
-            return "lease_lost"
-        except ServiceError as error:
-            return self._fail(lease, ErrorInfo(code=error.code, message=error.message, field=error.field), timings)
-        except JobTimeout:
-            return self._timeout(lease, timings)
-        except torch.cuda.OutOfMemoryError:
-            message = "the device ran out of memory; try fewer images or masks"
-            return self._fail(lease, ErrorInfo(code=ErrorCode.out_of_memory, message=message), timings)
+            return  # every job of the batch ended on its own
         except StoreUnavailable:
             raise
-        except Exception as error:
-            if isinstance(error, self.timeout_errors):
-                return self._timeout(lease, timings)
-            log.exception("job %s failed", lease.job_id)
-            info = ErrorInfo(code=ErrorCode.internal, message="the worker failed to run the job")
-            return self._fail(lease, info, timings)
-        state = self._end(lease, "succeeded", result=result, timings=timings)
-        if state == "succeeded":
-            for method, ms in timings.items():
-                self.telemetry.record_duration(method, ms / 1000)
-        return state
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                raise
+            self._failed(live, error, keeper, timings)
+            return
+        for job, share in zip(live, computed, strict=True):
+            if job.outcome is not None:
+                continue  # cancelled or lost while the batch ran
+            put_png = self._put_png(job.lease)
+            try:
+                result = result_of(job.spec, job.photos, share, self.host, put_png)
+            except ServiceError as error:
+                self._end_now(job, "failed", error, timings)
+                continue
+            self._end(job, "succeeded", result=result, timings=timings)
+            if job.outcome == "succeeded":
+                for method, ms in timings.items():
+                    self.telemetry.record_duration(method, ms / 1000)
 
-    def _work(self, lease: Lease, keeper: LeaseKeeper, timings: dict[str, float]) -> JobResult:
-        spec = persist(lambda: self.records.spec(lease.job_id), "read the spec")
-        if spec is None:
-            raise ServiceError(ErrorCode.expired, "the job expired before it ran")
+    def _failed(self, live: list[Job], error: BaseException, keeper: LeaseKeeper, timings: dict[str, float]) -> None:
+        """The batch failed. A timeout ends every job; anything else, in a batch of several, runs each job
+        alone (one bad job never fails its batch mates); alone, the job fails with the error's code."""
+        pending = [job for job in live if job.outcome is None]
+        if isinstance(error, (JobTimeout, *self.timeout_errors)):
+            message = f"the job ran past its time limit of {self.settings.job_time_limit_s} s"
+            for job in pending:
+                self._end_now(job, "failed", ServiceError(ErrorCode.timeout, message), timings)
+            return
+        if len(pending) > 1:
+            log.warning("a batch of %d jobs failed (%s); running them one by one", len(pending), type(error).__name__)
+            for job in pending:
+                self._attempt([job], keeper)
+            return
+        for job in pending:
+            if isinstance(error, ServiceError):
+                self._end_now(job, "failed", error, timings)
+            elif isinstance(error, torch.cuda.OutOfMemoryError):
+                message = "the device ran out of memory; try fewer images or masks"
+                self._end_now(job, "failed", ServiceError(ErrorCode.out_of_memory, message), timings)
+            else:
+                log.error("job %s failed", job.job_id, exc_info=error)
+                message = "the worker failed to run the job"
+                self._end_now(job, "failed", ServiceError(ErrorCode.internal, message), timings)
+
+    def _photos(self, job: Job) -> list[Image.Image]:
         photos = []
-        for index in range(spec.image_count):
-            pixels = persist(lambda i=index: self.records.pixels(lease.job_id, i), "read the pixels")
+        for index in range(job.spec.image_count):
+            pixels = persist(lambda i=index: self.records.pixels(job.job_id, i), "read the pixels")
             if pixels is None:
                 raise ServiceError(ErrorCode.expired, "the job's images expired before it ran")
-            photos.append(photo_of(pixels, spec.image_sizes[index]))
+            photos.append(photo_of(pixels, job.spec.image_sizes[index]))
+        return photos
+
+    def _checkpoint(self, live: list[Job], keeper: LeaseKeeper) -> Callable[[float], None]:
+        """Between batches of the kernels: jobs cancelled or lost leave the batch (the others go on);
+        progress is written every ``PROGRESS_EVERY_S``; past the time limit, the batch stops."""
         deadline = time.monotonic() + self.settings.job_time_limit_s
         last = [0.0]
 
         def checkpoint(fraction: float) -> None:
-            if keeper.lost:
-                raise LeaseLost
-            if keeper.cancel:
-                raise Cancelled
-            if time.monotonic() > deadline:
-                raise JobTimeout
             now = time.monotonic()
-            if fraction == 0.0 or now - last[0] > PROGRESS_EVERY_S:
+            write = fraction == 0.0 or now - last[0] > PROGRESS_EVERY_S
+            if write:
                 last[0] = now
-                try:
-                    held, cancel = self.records.progress(lease, min(fraction, 0.999))
-                except STORE_ERRORS:  # progress is best effort; the end is written with retries
-                    return
-                if not held:
-                    raise LeaseLost
+            for job in live:
+                if job.outcome is not None:
+                    continue
+                if job.job_id in keeper.lost:
+                    job.outcome = "lease_lost"
+                    log.warning("job %s: lease lost to another attempt; nothing written", job.job_id)
+                    continue
+                cancel = job.job_id in keeper.cancel
+                if write and not cancel:
+                    try:
+                        held, cancel = self.records.progress(job.lease, min(fraction, 0.999))
+                    except STORE_ERRORS:  # progress is best effort; the end is written with retries
+                        continue
+                    if not held:
+                        job.outcome = "lease_lost"
+                        continue
                 if cancel:
-                    raise Cancelled
+                    self._end(job, "cancelled", timings={})
+            if all(job.outcome is not None for job in live):
+                raise Cancelled
+            if now > deadline:
+                raise JobTimeout
 
+        return checkpoint
+
+    def _put_png(self, lease: Lease) -> Callable[[str, bytes], None]:
         def put_png(name: str, png: bytes) -> None:
             persist(lambda: self.records.put_png(lease, name, png), "store a map")
 
-        return run_inference(spec, photos, self.host, checkpoint, put_png, timings)
+        return put_png
 
-    def _timeout(self, lease: Lease, timings: dict[str, float]) -> str:
-        message = f"the job ran past its time limit of {self.settings.job_time_limit_s} s"
-        return self._fail(lease, ErrorInfo(code=ErrorCode.timeout, message=message), timings)
-
-    def _fail(self, lease: Lease, info: ErrorInfo, timings: dict[str, float]) -> str:
-        state = self._end(lease, "failed", error=info, timings=timings)
-        if state == "failed":
+    def _end_now(self, job: Job, state: str, error: ServiceError, timings: dict[str, float] | None = None) -> None:
+        info = ErrorInfo(code=error.code, message=error.message, field=error.field)
+        self._end(job, state, error=info, timings=timings or {})
+        if job.outcome == "failed":
             self.telemetry.record_failure(info.code)
-        return state
 
     def _end(
         self,
-        lease: Lease,
+        job: Job,
         state: str,
         *,
         result: JobResult | None = None,
         error: ErrorInfo | None = None,
         timings: dict[str, float],
-    ) -> str:
+    ) -> None:
         written = persist(
-            lambda: self.records.finish(lease, state, result=result, error=error, timings_ms=timings),
-            f"job {lease.job_id}: write {state}",
+            lambda: self.records.finish(job.lease, state, result=result, error=error, timings_ms=timings),
+            f"job {job.job_id}: write {state}",
         )
         if not written:
-            log.warning("job %s: %s not written, the lease was lost", lease.job_id, state)
-            return "lease_lost"
-        return state
+            log.warning("job %s: %s not written, the lease was lost", job.job_id, state)
+        job.outcome = state if written else "lease_lost"
 
 
 class JobTimeout(Exception):

@@ -1,0 +1,138 @@
+"""The job runner on a real model and an in-memory store: batches across jobs, each job on its own."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.validation import build_spec
+from core.contract import ExplainOptions
+from core.jobs import JobRecords
+from core.kv import MemoryKeyValue
+from core.settings import Settings
+from core.telemetry import Telemetry
+from models.registry import ModelRegistry
+from tests.service.helpers import encode, shape_photos
+from workers import job_runner
+from workers.job_runner import JobRunner
+from workers.model_host import ModelHost
+
+PHOTOS = [encode(photo) for photo in shape_photos(8)]
+
+
+@pytest.fixture(scope="module")
+def host() -> ModelHost:
+    made = ModelHost(ModelRegistry(), "cpu", ["lenet5-shapes"])
+    made.load_all()
+    return made
+
+
+class Bench:
+    """A store, a runner and a way to send jobs, as a worker sees them."""
+
+    def __init__(self, host: ModelHost, **settings: object) -> None:
+        self.settings = Settings(**{"batch_window_ms": 0, **settings})
+        self.records = JobRecords(MemoryKeyValue(), 600)
+        self.runner = JobRunner(self.records, Telemetry(self.records.kv), host, self.settings, "test")
+        self.registry = host.registry
+
+    def send(self, images: int = 1, **options: object) -> str:
+        request = {"model": "lenet5-shapes", "methods": [{"name": "gradcam"}], "outputs": ["raw"], **options}
+        spec, pixels = build_spec(
+            ExplainOptions.model_validate(request), PHOTOS[:images], self.registry, lambda m: None, self.settings
+        )
+        self.records.create(spec, pixels)
+        return spec.job_id
+
+
+def raw(view, image: int = 0, position: int = 0) -> np.ndarray:
+    found = view.result.images[image].maps[position].raw
+    return np.frombuffer(base64.b64decode(found.data), dtype="<f2").reshape(found.shape).astype(np.float32)
+
+
+def test_jobs_with_the_same_methods_run_as_one_batch_and_match_running_alone(host):
+    bench = Bench(host)
+    first, second, third = bench.send(2), bench.send(3), bench.send(1)
+    other = bench.send(1, methods=[{"name": "gradient"}])
+    assert bench.runner.run(first) == "succeeded"
+    views = {job: bench.records.view(job) for job in (first, second, third, other)}
+    assert [views[job].state for job in (first, second, third)] == ["succeeded"] * 3
+    assert views[other].state == "queued", "other methods: not in the batch"
+    assert bench.runner.run(second) == "finished", "its own message comes later and is dropped"
+    assert bench.runner.run(other) == "succeeded"
+
+    alone = Bench(host, batch_max_images=1)
+    again = alone.send(3)
+    assert alone.runner.run(again) == "succeeded"
+    # Same images, a batch of 6 against a batch of 3: the maps agree to float16's rounding of the result
+    # (the kernels' batch invariance is 1e-5 relative, tests/xai/test_contract.py).
+    for image in range(3):
+        batched, single = raw(views[second], image), raw(alone.records.view(again), image)
+        assert np.allclose(batched, single, rtol=2e-3, atol=2e-3 * float(np.abs(single).max()))
+
+
+def test_the_batch_budget_bounds_the_images_of_a_batch(host):
+    bench = Bench(host, batch_max_images=4)
+    jobs = [bench.send(2) for _ in range(3)]
+    bench.runner.run(jobs[0])
+    assert [bench.records.view(job).state for job in jobs] == ["succeeded", "succeeded", "queued"]
+
+
+def test_a_job_cancelled_mid_batch_ends_and_its_mates_go_on(host):
+    bench = Bench(host)
+    rise = {"methods": [{"name": "rise", "params": {"num_masks": 8000}}]}
+    jobs = [bench.send(2, **rise) for _ in range(3)]
+
+    def cancel_the_second() -> None:
+        while bench.records.view(jobs[1]).progress == 0:
+            time.sleep(0.01)
+        bench.records.cancel(jobs[1])
+
+    threading.Thread(target=cancel_the_second, daemon=True).start()
+    assert bench.runner.run(jobs[0]) == "succeeded"
+    states = [bench.records.view(job).state for job in jobs]
+    assert states == ["succeeded", "cancelled", "succeeded"]
+    assert bench.records.view(jobs[1]).result is None
+
+
+def test_a_job_whose_images_expired_fails_alone(host):
+    bench = Bench(host)
+    jobs = [bench.send(1) for _ in range(3)]
+    bench.records.kv.delete(f"xai:job:{jobs[1]}:pixels:0")
+    bench.runner.run(jobs[0])
+    views = [bench.records.view(job) for job in jobs]
+    assert [view.state for view in views] == ["succeeded", "failed", "succeeded"]
+    assert views[1].error.code == "expired"
+
+
+def test_a_failed_batch_runs_again_job_by_job(host, monkeypatch):
+    """A batch that raises (a fault of the batch, not of one job) is not the end of its jobs."""
+    calls = []
+
+    def fails_in_batches(specs, *args, **kwargs):
+        calls.append(len(specs))
+        if len(specs) > 1:
+            raise RuntimeError("a fault of the batch")
+        return compute(specs, *args, **kwargs)
+
+    compute = job_runner.compute
+    monkeypatch.setattr(job_runner, "compute", fails_in_batches)
+    bench = Bench(host)
+    jobs = [bench.send(1) for _ in range(3)]
+    bench.runner.run(jobs[0])
+    assert calls == [3, 1, 1, 1]
+    assert [bench.records.view(job).state for job in jobs] == ["succeeded"] * 3
+
+
+def test_batched_jobs_keep_their_leases_and_attempts(host):
+    bench = Bench(host)
+    jobs = [bench.send(1) for _ in range(2)]
+    bench.runner.run(jobs[0])
+    for job in jobs:
+        record = bench.records._record(job)
+        assert record["attempts"] == 1 and record["lease_owner"] == "test"
+    assert bench.records.expired_leases() == []
