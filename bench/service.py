@@ -441,7 +441,7 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
         others = f"{other}" + (f" ({dict(row.load.other)})" if other else "")
         print(
             f"| {row.mode} | {row.model} | {row.load.jobs} | {row.load.seconds:.1f} | {rate:.1f} | {kernel_rate:.1f} "
-            f"| {ratio:.2f} | {goal} | {met} | {p50} | {p95} | {others} |"
+            f"| {ratio:.3f} | {goal} | {met} | {p50} | {p95} | {others} |"
         )
 
     print("\nAllocator per process: kernel:", measured[0]["allocator"], end="")

@@ -99,6 +99,7 @@ class MapResult(_Model):
     raw: RawMap | None = None
     heatmap_url: str | None = None
     overlay_url: str | None = None
+    masks_used: int | None = Field(None, description="RISE / RISEPlus: the masks this map averages.")
 
 
 class ImageResult(_Model):

@@ -220,8 +220,11 @@ class JobRecords:
             return {**queued, "state": "queued", "progress": 0.0}, "queued"
 
         outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
-        if outcome is not None or self._record(job_id) is None:
+        record = self._record(job_id)
+        if outcome is not None or record is None:
             self.kv.index(LEASES, job_id, None)
+        if outcome == "queued" and record is not None:
+            self.kv.push(f"{_QUEUED}{record['model']}", job_id, self.ttl_s)  # it may join a batch again
         if outcome in ("failed", "cancelled"):
             self._release(job_id)
         return outcome

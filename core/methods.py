@@ -58,6 +58,13 @@ class RISEParams(Params):
     num_masks: int = Field(6000, ge=1, le=MAX_MASKS)
     num_cells: int = Field(10, ge=2, le=64)
     keep_probability: float = Field(0.5, gt=0.0, lt=1.0)
+    tolerance: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Stop an image's masks once its map moves by less than this (relative to the map's own "
+        "variation) over 250 masks; the result says how many masks each map used. Null: all num_masks.",
+    )
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Computed:
     ood_score: float | None
     targets: list[int]
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks_used: dict[str, int] = field(default_factory=dict)  # RISE and RISEPlus: masks each map averages
 
 
 def compute(
@@ -92,10 +93,12 @@ def compute(
             started = time.perf_counter()
             report = _scaled(checkpoint, index, len(first.methods))
             report(0.0)
-            saliency = _explain_all(call, index, context, inputs, [image.targets for image in images], report)
+            saliency, used = _explain_all(call, index, context, inputs, [image.targets for image in images], report)
             timings[call.name] = (time.perf_counter() - started) * 1000
-            for image, maps in zip(images, saliency, strict=True):
+            for image, maps, masks in zip(images, saliency, used, strict=True):
                 image.maps[call.name] = maps
+                if masks is not None:
+                    image.masks_used[call.name] = masks
     per_job, start = [], 0
     for spec in specs:
         per_job.append(images[start : start + spec.image_count])
@@ -114,7 +117,9 @@ def result_of(
         for call in spec.methods:
             for column, target in enumerate(image.targets):
                 values = image.maps[call.name][column].numpy()
-                maps.append(render_map(spec, manifest, photo, index, call.name, target, values, put_png))
+                rendered = render_map(spec, manifest, photo, index, call.name, target, values, put_png)
+                rendered.masks_used = image.masks_used.get(call.name)
+                maps.append(rendered)
         images.append(
             ImageResult(
                 index=index,
@@ -149,8 +154,9 @@ def _explain_all(
     inputs: torch.Tensor,
     targets: list[list[int]],
     report: Checkpoint,
-) -> list[torch.Tensor]:
-    """Per image, the (L, H, W) maps of its targets. Images with as many targets run as one batch."""
+) -> tuple[list[torch.Tensor], list[int | None]]:
+    """Per image, the (L, H, W) maps of its targets and, for RISE, the masks they average. Images with
+    as many targets run as one batch."""
     field = f"methods[{index}].params"
     try:
         explainer = build_explainer(call, context)
@@ -158,13 +164,16 @@ def _explain_all(
         for image, wanted in enumerate(targets):
             groups.setdefault(len(wanted), []).append(image)
         out: list[torch.Tensor] = [torch.empty(0)] * len(targets)
+        used: list[int | None] = [None] * len(targets)
         for number, rows in enumerate(groups.values()):
             wanted = torch.tensor([targets[i] for i in rows], device=inputs.device)
             maps = explain(call, explainer, inputs[rows], wanted, _scaled(report, number, len(groups)))
+            counts = getattr(explainer, "masks_used", None)
             for position, image in enumerate(rows):
                 out[image] = maps[position].float().cpu()
+                used[image] = None if counts is None else counts[position]
             report((number + 1) / len(groups))
-        return out
+        return out, used
     except (TypeError, ValueError) as error:  # the call does not fit this model (a window larger than the image)
         raise ServiceError(ErrorCode.invalid_parameter, str(error), field) from None
 

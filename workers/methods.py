@@ -70,6 +70,7 @@ def _rise(params: Any, context: Context) -> dict[str, Any]:
         "num_cells": params.num_cells,
         "keep_probability": params.keep_probability,
         "seed": context.seed or 0,
+        "tolerance": params.tolerance,
     }
 
 

@@ -123,6 +123,20 @@ def test_a_job_whose_prefork_child_is_killed_runs_again(service: Service):
     assert worker.alive()
 
 
+def test_a_batch_whose_child_is_killed_runs_every_job_again(tmp_path: Path):
+    service = Service(tmp_path, batch_window_ms="500")
+    try:
+        service.worker("worker")
+        jobs = [service.http.post("/explain", json=long_job(images=4)).json()["job_id"] for _ in range(3)]
+        owners = {service.running(job)["lease_owner"] for job in jobs}
+        assert len(owners) == 1, "the three jobs run in one batch"
+        os.kill(child_pid(service.record(jobs[0])), signal.SIGKILL)
+        views = [poll(service.http, job, timeout=180) for job in jobs]
+        assert [(view["state"], view["attempts"]) for view in views] == [("succeeded", 2)] * 3, views
+    finally:
+        service.close()
+
+
 def test_a_job_that_kills_its_worker_every_time_fails_and_the_queue_moves_on(tmp_path: Path):
     service = Service(tmp_path, max_attempts="2")
     try:

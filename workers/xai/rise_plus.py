@@ -22,7 +22,7 @@ EPS = torch.finfo(torch.float64).eps  # MindSpore XAI's numpy float eps: 0 / EPS
 
 class RISEPlus(RISE):
     """``RISEPlus(ood_net, network, activation_fn, perturbation_per_eval=None, *, num_masks=6000, num_cells=10,
-    keep_probability=0.5, seed=0, inference_copy=True)(inputs, targets) -> (N, 1 or l, H, W)``.
+    keep_probability=0.5, seed=0, tolerance=None, inference_copy=True)(inputs, targets) -> (N, 1 or l, H, W)``.
 
     One backbone pass per masked batch gives both the class scores and the OoD score when
     ``ood_net.underlying is network`` and the network has ``classify_features(features) -> logits``
@@ -42,6 +42,7 @@ class RISEPlus(RISE):
         num_cells: int = 10,
         keep_probability: float = 0.5,
         seed: int | None = 0,
+        tolerance: float | None = None,
         inference_copy: bool = True,
     ) -> None:
         super().__init__(
@@ -52,6 +53,7 @@ class RISEPlus(RISE):
             num_cells=num_cells,
             keep_probability=keep_probability,
             seed=seed,
+            tolerance=tolerance,
             inference_copy=inference_copy,
         )
         if not isinstance(ood_net, OoDNet):
