@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -166,27 +167,22 @@ class JobRecords:
 
     def renew(self, lease: Lease, lease_s: float) -> tuple[bool, bool]:
         """Extend the lease. (still held, cancellation requested)."""
-
-        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, tuple[bool, bool]]:
-            if not lease.holds(record):
-                return None, (False, False)
-            assert record is not None
-            renewed = {**record, "lease_until": now + lease_s, "renewed_at": now}
-            return renewed, (True, bool(record.get("cancel_requested")))
-
-        held, cancel = self.kv.transact(self._key(lease.job_id), change, self.ttl_s)
+        held, cancel = self._while_held(lease, lambda now: {"lease_until": now + lease_s, "renewed_at": now})
         if held:
             self.kv.index(LEASES, lease.job_id, self.kv.now() + lease_s)
         return held, cancel
 
     def progress(self, lease: Lease, fraction: float) -> tuple[bool, bool]:
         """Record progress. (still held, cancellation requested)."""
+        return self._while_held(lease, lambda now: {"progress": round(fraction, 4)})
+
+    def _while_held(self, lease: Lease, fields: Callable[[float], dict[str, Any]]) -> tuple[bool, bool]:
+        """Change ``fields(now)`` of the record if ``lease`` still holds it. (held, cancellation requested)."""
 
         def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, tuple[bool, bool]]:
-            if not lease.holds(record):
+            if record is None or not lease.holds(record):
                 return None, (False, False)
-            assert record is not None
-            return {**record, "progress": round(fraction, 4)}, (True, bool(record.get("cancel_requested")))
+            return {**record, **fields(now)}, (True, bool(record.get("cancel_requested")))
 
         return self.kv.transact(self._key(lease.job_id), change, self.ttl_s)
 

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -84,10 +84,22 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    made = Service(tmp_path)
-    yield made
-    made.close()
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """``make_service(appendonly=False, **settings)``: a service of the test's own, closed at its end."""
+    made: list[Service] = []
+
+    def make(appendonly: bool = False, **settings: str) -> Service:
+        made.append(Service(tmp_path, appendonly, **settings))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.close()
+
+
+@pytest.fixture
+def service(make_service) -> Service:
+    return make_service()
 
 
 def child_pid(record: dict) -> int:
@@ -123,33 +135,27 @@ def test_a_job_whose_prefork_child_is_killed_runs_again(service: Service):
     assert worker.alive()
 
 
-def test_a_batch_whose_child_is_killed_runs_every_job_again(tmp_path: Path):
-    service = Service(tmp_path, batch_window_ms="500")
-    try:
-        service.worker("worker")
-        jobs = [service.http.post("/explain", json=long_job(images=4)).json()["job_id"] for _ in range(3)]
-        owners = {service.running(job)["lease_owner"] for job in jobs}
-        assert len(owners) == 1, "the three jobs run in one batch"
-        os.kill(child_pid(service.record(jobs[0])), signal.SIGKILL)
-        views = [poll(service.http, job, timeout=180) for job in jobs]
-        assert [(view["state"], view["attempts"]) for view in views] == [("succeeded", 2)] * 3, views
-    finally:
-        service.close()
+def test_a_batch_whose_child_is_killed_runs_every_job_again(make_service):
+    service = make_service(batch_window_ms="500")
+    service.worker("worker")
+    jobs = [service.http.post("/explain", json=long_job(images=4)).json()["job_id"] for _ in range(3)]
+    owners = {service.running(job)["lease_owner"] for job in jobs}
+    assert len(owners) == 1, "the three jobs run in one batch"
+    os.kill(child_pid(service.record(jobs[0])), signal.SIGKILL)
+    views = [poll(service.http, job, timeout=180) for job in jobs]
+    assert [(view["state"], view["attempts"]) for view in views] == [("succeeded", 2)] * 3, views
 
 
-def test_a_job_that_kills_its_worker_every_time_fails_and_the_queue_moves_on(tmp_path: Path):
-    service = Service(tmp_path, max_attempts="2")
-    try:
-        service.worker("worker")
-        doomed = service.http.post("/explain", json=long_job()).json()["job_id"]
-        behind = service.http.post("/explain", json=QUICK).json()["job_id"]
-        for attempt in (1, 2):
-            os.kill(child_pid(service.running(doomed, attempt)), signal.SIGKILL)
-        view = poll(service.http, doomed, timeout=120)
-        assert view["state"] == "failed" and view["error"]["code"] == "worker_lost" and view["attempts"] == 2, view
-        assert poll(service.http, behind, timeout=60)["state"] == "succeeded"
-    finally:
-        service.close()
+def test_a_job_that_kills_its_worker_every_time_fails_and_the_queue_moves_on(make_service):
+    service = make_service(max_attempts="2")
+    service.worker("worker")
+    doomed = service.http.post("/explain", json=long_job()).json()["job_id"]
+    behind = service.http.post("/explain", json=QUICK).json()["job_id"]
+    for attempt in (1, 2):
+        os.kill(child_pid(service.running(doomed, attempt)), signal.SIGKILL)
+    view = poll(service.http, doomed, timeout=120)
+    assert view["state"] == "failed" and view["error"]["code"] == "worker_lost" and view["attempts"] == 2, view
+    assert poll(service.http, behind, timeout=60)["state"] == "succeeded"
 
 
 def test_a_second_delivery_of_a_running_job_is_not_run_twice(service: Service):
@@ -173,36 +179,28 @@ def test_a_second_delivery_of_a_running_job_is_not_run_twice(service: Service):
     assert second.alive()
 
 
-def test_redis_killed_and_restarted_mid_job_the_job_still_ends(tmp_path: Path):
-    service = Service(tmp_path, appendonly=True)
-    try:
-        service.worker("worker")
-        job = service.http.post("/explain", json=long_job()).json()["job_id"]
-        service.running(job)
-        service.redis.kill()
-        time.sleep(3)
-        service.redis.start()
-        restarted = time.monotonic()
-        view = poll(service.http, job, timeout=180)
-        assert view["state"] == "succeeded", view
-        print(f"\nredis kill -9 + restart: job done {time.monotonic() - restarted:.1f} s after redis came back")
-        assert (
-            poll(service.http, service.http.post("/explain", json=QUICK).json()["job_id"], 60)["state"] == "succeeded"
-        )
-    finally:
-        service.close()
+def test_redis_killed_and_restarted_mid_job_the_job_still_ends(make_service):
+    service = make_service(appendonly=True)
+    service.worker("worker")
+    job = service.http.post("/explain", json=long_job()).json()["job_id"]
+    service.running(job)
+    service.redis.kill()
+    time.sleep(3)
+    service.redis.start()
+    restarted = time.monotonic()
+    view = poll(service.http, job, timeout=180)
+    assert view["state"] == "succeeded", view
+    print(f"\nredis kill -9 + restart: job done {time.monotonic() - restarted:.1f} s after redis came back")
+    assert poll(service.http, service.http.post("/explain", json=QUICK).json()["job_id"], 60)["state"] == "succeeded"
 
 
-def test_the_soft_time_limit_fails_a_job_as_timeout(tmp_path: Path):
-    service = Service(tmp_path, job_time_limit_s="10")
-    try:
-        service.worker("worker")
-        job = service.http.post("/explain", json=long_job(masks=20000)).json()["job_id"]
-        view = poll(service.http, job, timeout=120)
-        assert view["state"] == "failed" and view["error"]["code"] == "timeout", view
-        assert view["attempts"] == 1
-    finally:
-        service.close()
+def test_the_soft_time_limit_fails_a_job_as_timeout(make_service):
+    service = make_service(job_time_limit_s="10")
+    service.worker("worker")
+    job = service.http.post("/explain", json=long_job(masks=20000)).json()["job_id"]
+    view = poll(service.http, job, timeout=120)
+    assert view["state"] == "failed" and view["error"]["code"] == "timeout", view
+    assert view["attempts"] == 1
 
 
 def test_the_embedded_mode_enforces_the_same_time_limit(tmp_path: Path):
