@@ -75,6 +75,7 @@ class JobRecords:
             "methods": [call.name for call in spec.methods],
             "created_at": time.time(),
             "attempts": 0,
+            "image_count": spec.image_count,
         }
         self.kv.put(f"{_PREFIX}{spec.job_id}", json.dumps(record).encode(), self.ttl_s)
         self.kv.push(f"{_QUEUED}{spec.model}", spec.job_id, self.ttl_s)
@@ -127,6 +128,8 @@ class JobRecords:
         """Take the job's lease for a new attempt, if nobody holds it, attempts remain and the last
         attempt did not run into the time limit."""
 
+        taken: dict[str, Any] = {}
+
         def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, Claim]:
             if record is None:
                 return None, Claim.missing
@@ -141,26 +144,23 @@ class JobRecords:
             attempts = int(record.get("attempts", 0))
             if attempts >= max_attempts:
                 return _lost(record, attempts), Claim.exhausted
-            return {
-                **record,
-                "state": "running",
-                "attempts": attempts + 1,
-                "lease_owner": owner,
-                "lease_until": now + lease_s,
-                "lease_s": lease_s,
-                "claimed_at": now,
-                "renewed_at": now,
-                "started_at": time.time(),
-                "progress": 0.0,
-            }, Claim.run
+            taken.update(
+                state="running",
+                attempts=attempts + 1,
+                lease_owner=owner,
+                lease_until=now + lease_s,
+                lease_s=lease_s,
+                claimed_at=now,
+                renewed_at=now,
+                started_at=time.time(),
+                progress=0.0,
+            )
+            return {**record, **taken}, Claim.run
 
         outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
-        if outcome is Claim.run:
-            record = self._record(job_id)
-            if record is not None and record.get("lease_owner") == owner:
-                self.kv.index(LEASES, job_id, record["lease_until"])
-                return outcome, Lease(job_id, owner, record["attempts"])
-            return Claim.held, None
+        if outcome is Claim.run:  # ``taken`` holds what the transaction that succeeded wrote
+            self.kv.index(LEASES, job_id, taken["lease_until"])
+            return outcome, Lease(job_id, owner, taken["attempts"])
         if outcome in (Claim.exhausted, Claim.cancelled):
             self._release(job_id)
         return outcome, None
@@ -264,9 +264,9 @@ class JobRecords:
         """A job at its end: waiters are told, no lease to watch, its pixels are no longer needed."""
         self.kv.publish(ENDED, job_id)
         self.kv.index(LEASES, job_id, None)
-        spec = self.spec(job_id)
-        if spec is not None:
-            self.kv.delete(*(f"{_PREFIX}{job_id}:pixels:{index}" for index in range(spec.image_count)))
+        record = self._record(job_id)
+        if record is not None:
+            self.kv.delete(*(f"{_PREFIX}{job_id}:pixels:{index}" for index in range(record.get("image_count", 0))))
 
 
 def _ended(record: dict[str, Any], state: str, **fields: Any) -> dict[str, Any]:
