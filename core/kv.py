@@ -260,10 +260,11 @@ class RedisKeyValue(KeyValue):
         self.client.publish(channel, message)
 
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
-        """A thread on its own connection, subscribed again after the connection is lost."""
+        """A thread on its own connection, subscribed again after the connection is lost. Returns once
+        subscribed (or after 5 s, the store being away: the thread goes on trying)."""
         import redis
 
-        stop = threading.Event()
+        stop, subscribed = threading.Event(), threading.Event()
 
         def run() -> None:
             pause = 0.5
@@ -272,6 +273,8 @@ class RedisKeyValue(KeyValue):
                     with redis.Redis.from_url(self.url, socket_connect_timeout=5) as client:
                         pubsub = client.pubsub(ignore_subscribe_messages=True)
                         pubsub.subscribe(channel)
+                        pubsub.get_message(timeout=5.0)  # the confirmation: from here on, nothing is missed
+                        subscribed.set()
                         pause = 0.5
                         while not stop.is_set():
                             message = pubsub.get_message(timeout=1.0)
@@ -285,6 +288,7 @@ class RedisKeyValue(KeyValue):
                     pause = min(pause * 2, 5.0)
 
         threading.Thread(target=run, name=f"xai-listen-{channel}", daemon=True).start()
+        subscribed.wait(5.0)
         return stop.set
 
     def ping(self) -> bool:
