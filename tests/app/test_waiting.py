@@ -33,10 +33,13 @@ def test_a_waiter_wakes_when_the_job_ends_without_reading_again(records, monkeyp
         waiting_for = asyncio.create_task(waiters.wait(job, 60))
         await asyncio.sleep(0.2)
         assert not waiting_for.done()
-        threading.Thread(
+        finishing = threading.Thread(
             target=records.finish, args=(lease, "succeeded"), kwargs={"result": JobResult(model="m", images=[])}
-        ).start()
-        return (await asyncio.wait_for(waiting_for, 30)).state
+        )
+        finishing.start()
+        state = (await asyncio.wait_for(waiting_for, 30)).state
+        finishing.join(30)  # the end is written in full before the store closes
+        return state
 
     try:
         assert asyncio.run(scenario()) == "succeeded"
