@@ -293,3 +293,9 @@ def test_docs_list_every_setting() -> None:
 
 if __name__ == "__main__":
     print(settings_table(), end="")
+
+
+def test_env_example_lists_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    missing = [name for name in Settings.model_fields if f"# XAI_{name.upper()}=" not in text]
+    assert missing == [], f".env.example lacks {missing}"
