@@ -158,7 +158,10 @@ def start_api(tmp: Path, name: str, **settings: str) -> tuple[Process, str]:
         except httpx.TransportError:
             return False
 
-    wait_until(healthy, 90, f"the API did not start:\n{process.tail}")
+    try:
+        wait_until(healthy, 90, "the API did not start")
+    except TimeoutError:
+        raise TimeoutError(f"the API did not start in 90 s:\n{process.tail()}") from None
     return process, base
 
 
