@@ -244,3 +244,14 @@ def test_an_unsafe_celery_configuration_is_refused(tmp_path: Path, redis_server)
         assert "must be below the broker's visibility timeout" in worker.tail()
     finally:
         worker.stop()
+
+
+def test_an_expired_job_is_404_and_its_keys_are_gone(make_service):
+    service = make_service(result_ttl_s="3")
+    service.worker("worker")
+    job = service.http.post("/explain?wait=30", json=QUICK).json()
+    assert job["state"] == "succeeded"
+    time.sleep(4)
+    gone = service.http.get(f"/jobs/{job['job_id']}")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+    assert list(service.client.scan_iter(match=f"xai:job:{job['job_id']}*")) == []
