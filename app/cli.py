@@ -36,7 +36,7 @@ def _with_allocator(argv: list[str]) -> None:
 
 def worker_health(settings: Settings) -> int:
     """0 when a worker process of this host beats and has loaded every model it is meant to serve."""
-    from core.kv import RedisKeyValue
+    from core.kv_redis import RedisKeyValue
     from core.telemetry import Telemetry
     from models.registry import ModelRegistry
 

@@ -19,7 +19,9 @@ from app.waiting import JobWaiters
 from core.contract import JobSpec, JobView
 from core.errors import ErrorCode, ServiceError
 from core.jobs import JobRecords
-from core.kv import KeyValue, MemoryKeyValue, RedisKeyValue
+from core.kv import KeyValue
+from core.kv_memory import MemoryKeyValue
+from core.kv_redis import RedisKeyValue
 from core.settings import Settings
 from core.telemetry import Telemetry, load_errors, serving
 from models.registry import ModelRegistry

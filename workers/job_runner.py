@@ -6,20 +6,18 @@ a job whose lease is alive elsewhere is not run; one that used up its attempts f
 beside it (a batch, up to ``batch_max_images``), renews every lease from a thread while the work
 runs, runs :func:`workers.inference.compute` once for the batch, and writes each job's end. Each job
 keeps its own progress, cancellation, result and error: a job cancelled mid-batch ends at the next
-checkpoint while the others go on, and a batch that fails runs again job by job. Known failures become error codes;
-nothing of a traceback leaves the worker. A write that fails because the store is away is tried
-again until it is back (or, past ``STORE_RETRY_S``, raised, so that the message is not acknowledged
-and the lease expires: the job runs again).
+checkpoint while the others go on, and a batch that fails runs again job by job. Known failures
+become error codes; nothing of a traceback leaves the worker. A write that fails because the store is
+away is tried again until it is back (``workers/store_access.py``; past ``STORE_RETRY_S`` it raises,
+so that the message is not acknowledged and the lease expires: the job runs again).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -32,72 +30,14 @@ from core.settings import Settings
 from core.telemetry import Telemetry
 from workers.inference import batch_key, compute, photo_of, result_of
 from workers.model_host import ModelHost
+from workers.store_access import LeaseKeeper, StoreUnavailable, persist
 
 log = logging.getLogger(__name__)
-STORE_RETRY_S = 120.0  # how long a write waits for the store to come back
 PROGRESS_EVERY_S = 0.2
-T = TypeVar("T")
 
 
 class Cancelled(Exception):
     """The client cancelled the job."""
-
-
-class LeaseLost(Exception):
-    """Another attempt owns the job now: stop, and write nothing."""
-
-
-class StoreUnavailable(Exception):
-    """The store stayed away longer than ``STORE_RETRY_S``."""
-
-
-def persist(write: Callable[[], T], what: str) -> T:
-    """``write()``, tried again while the store is unreachable, for up to ``STORE_RETRY_S``."""
-    deadline, pause = time.monotonic() + STORE_RETRY_S, 0.25
-    while True:
-        try:
-            return write()
-        except STORE_ERRORS as error:
-            if time.monotonic() >= deadline:
-                raise StoreUnavailable(f"{what}: the store stayed unreachable ({error})") from None
-            log.warning("%s: store unreachable (%s); trying again in %.1f s", what, type(error).__name__, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
-
-
-class LeaseKeeper:
-    """Renews the leases of a batch every quarter of their length from one thread, and notes per job a
-    cancellation or a loss."""
-
-    def __init__(self, records: JobRecords, leases: list[Lease], lease_s: float) -> None:
-        self.records, self.leases, self.lease_s = records, leases, lease_s
-        self.lost: set[str] = set()
-        self.cancel: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name="xai-lease", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.lease_s / 4):
-            for lease in self.leases:
-                if lease.job_id in self.lost:
-                    continue
-                try:
-                    held, cancel = self.records.renew(lease, self.lease_s)
-                except STORE_ERRORS as error:
-                    log.warning("job %s: lease not renewed, store unreachable (%s)", lease.job_id, error)
-                    continue
-                if cancel:
-                    self.cancel.add(lease.job_id)
-                if not held:
-                    self.lost.add(lease.job_id)
 
 
 @dataclass

@@ -21,13 +21,15 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
 from core.jobs import JobRecords
-from core.kv import STORE_ERRORS, RedisKeyValue
+from core.kv import STORE_ERRORS
+from core.kv_redis import RedisKeyValue
 from core.queues import TASK, queue_of
 from core.settings import get_settings
 from core.telemetry import HEARTBEAT_S, Telemetry
 from models.registry import ModelRegistry
 from workers.celery_app import celery
-from workers.job_runner import JobRunner, StoreUnavailable
+from workers.job_runner import JobRunner
+from workers.store_access import StoreUnavailable
 
 log = logging.getLogger(__name__)
 SWEEP_S = 5.0  # how often a process looks for expired leases (more often with short leases)

@@ -11,7 +11,8 @@ from app import waiting
 from app.waiting import JobWaiters
 from core.contract import JobResult
 from core.jobs import JobRecords
-from core.kv import MemoryKeyValue, RedisKeyValue
+from core.kv_memory import MemoryKeyValue
+from core.kv_redis import RedisKeyValue
 from tests.core.test_jobs import new_job, redis_for_records  # noqa: F401 - the fixture
 
 

@@ -9,7 +9,9 @@ import pytest
 
 from core.contract import ErrorInfo, JobResult, JobSpec, RenderOptions
 from core.jobs import Claim, JobRecords
-from core.kv import KeyValue, MemoryKeyValue, RedisKeyValue
+from core.kv import KeyValue
+from core.kv_memory import MemoryKeyValue
+from core.kv_redis import RedisKeyValue
 from tests.service.conftest import RedisServer
 
 LEASE_S = 0.5

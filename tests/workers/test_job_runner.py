@@ -12,7 +12,7 @@ import pytest
 from app.validation import build_spec
 from core.contract import ExplainOptions
 from core.jobs import JobRecords
-from core.kv import MemoryKeyValue
+from core.kv_memory import MemoryKeyValue
 from core.settings import Settings
 from core.telemetry import Telemetry
 from models.registry import ModelRegistry

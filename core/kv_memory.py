@@ -1,0 +1,106 @@
+"""The key-value store of the embedded mode: one process, one lock."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+from core.kv import Change, KeyValue, Listener, Outcome
+
+
+class MemoryKeyValue(KeyValue):
+    """One process: entries expire by the monotonic clock; one lock serialises every operation."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[float, bytes]] = {}
+        self._counters: dict[str, dict[str, float]] = {}
+        self._sets: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+        self._last_sweep = 0.0
+        self._listeners: dict[str, list[Listener]] = {}
+        self._lists: dict[str, list[str]] = {}
+
+    def now(self) -> float:
+        return time.time()
+
+    def _live(self, key: str) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        with self._lock:
+            self._expire()
+            self._data[key] = (time.monotonic() + ttl_s, value)
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._live(key)
+
+    def delete(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
+    def transact(self, key: str, change: Change[Outcome], ttl_s: float) -> Outcome:
+        with self._lock:
+            raw = self._live(key)
+            document, outcome = change(None if raw is None else json.loads(raw), self.now())
+            if document is not None:
+                deadline = self._data[key][0] if raw is not None else time.monotonic() + ttl_s
+                self._data[key] = (deadline, json.dumps(document).encode())
+            return outcome
+
+    def add(self, key: str, field: str, amount: float) -> None:
+        with self._lock:
+            counters = self._counters.setdefault(key, {})
+            counters[field] = counters.get(field, 0.0) + amount
+
+    def fields(self, key: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._counters.get(key, {}))
+
+    def index(self, key: str, member: str, score: float | None) -> None:
+        with self._lock:
+            members = self._sets.setdefault(key, {})
+            if score is None:
+                members.pop(member, None)
+            else:
+                members[member] = score
+
+    def below(self, key: str, score: float) -> list[str]:
+        with self._lock:
+            return [member for member, value in self._sets.get(key, {}).items() if value <= score]
+
+    def scan(self, prefix: str) -> dict[str, bytes]:
+        with self._lock:
+            return {key: value for key in list(self._data) if key.startswith(prefix) and (value := self._live(key))}
+
+    def push(self, key: str, member: str, ttl_s: float) -> None:
+        with self._lock:
+            self._lists.setdefault(key, []).append(member)
+
+    def pop(self, key: str, count: int) -> list[str]:
+        with self._lock:
+            members = self._lists.get(key, [])
+            taken, self._lists[key] = members[:count], members[count:]
+            return taken
+
+    def publish(self, channel: str, message: str) -> None:
+        for listener in list(self._listeners.get(channel, [])):
+            listener(message)
+
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        self._listeners.setdefault(channel, []).append(listener)
+        return lambda: self._listeners[channel].remove(listener)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
+        for key in [k for k, (deadline, _) in self._data.items() if deadline < now]:
+            del self._data[key]
