@@ -26,7 +26,6 @@ from workers.render import heatmap, overlay
 QUICK = {
     "integrated_gradients": {"steps": 16},
     "smoothgrad": {"samples": 16},
-    "occlusion": {"window": (14, 14)},
     "rise": {"num_masks": 1000},
     "rise_plus": {"num_masks": 1000},
 }
@@ -66,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     host = ModelHost(registry)
     context = Context(network, manifest.gradcam_layer, seed=0, ood_net=host.ood_net(args.model))
     args.out.mkdir(parents=True, exist_ok=True)
-    for call in all_calls(**QUICK):
+    height, width = manifest.preprocessing.size
+    occlusion = {"window": (max(1, height // 16), max(1, width // 16))}  # 14 x 14 at 224, 2 x 2 at 32
+    for call in all_calls(**QUICK, occlusion=occlusion):
         if METHODS[call.name].needs_ood_head and context.ood_net is None:
             print(f"{call.name:28s} skipped: {args.model} has no OoD head")
             continue
