@@ -25,6 +25,7 @@ from models.preprocessing import preprocess
 from workers.methods import Context, build_explainer, explain
 from workers.model_host import ModelHost
 from workers.rendering import PutPng, render_map
+from workers.xai import Explainer, TopTargets
 
 PREDICTIONS = 5  # classes listed per image (more when top_k asks for more)
 Checkpoint = Callable[[float], None]
@@ -69,9 +70,19 @@ def compute(
     with host.lock(first.model):
         network = host.network(first.model)
         ood = host.ood_net(first.model)
+        context = Context(network, manifest.gradcam_layer, first.seed, ood)
+        lead = _lead(specs, context)
         started = time.perf_counter()
-        probabilities, scores = _predict(network, ood, inputs)
-        timings["predict"] = (time.perf_counter() - started) * 1000
+        if lead is None:
+            probabilities, scores = _predict(network, ood, inputs)
+            timings["predict"] = (time.perf_counter() - started) * 1000
+        else:  # the first method's forward pass is the prediction: its targets are the top classes
+            report = _scaled(checkpoint, 0, len(first.methods))
+            report(0.0)
+            lead_maps = _explain_lead(first.methods[0], lead, inputs, TopTargets(first.top_k), report)
+            timings["predict"] = 0.0
+            timings[first.methods[0].name] = (time.perf_counter() - started) * 1000
+            probabilities, scores = F.softmax(lead.last_outputs.float(), dim=1), None
         most = max(max(PREDICTIONS, spec.top_k) for spec in specs)
         top = probabilities.topk(min(most, probabilities.shape[1]), dim=1)
         images: list[Computed] = []
@@ -88,8 +99,12 @@ def compute(
                         targets=spec.targets[index] if spec.targets else ranked[: spec.top_k],
                     )
                 )
-        context = Context(network, manifest.gradcam_layer, first.seed, ood)
+        if lead is not None:
+            for image, maps in zip(images, lead_maps, strict=True):
+                image.maps[first.methods[0].name] = maps
         for index, call in enumerate(first.methods):
+            if index == 0 and lead is not None:
+                continue
             started = time.perf_counter()
             report = _scaled(checkpoint, index, len(first.methods))
             report(0.0)
@@ -132,6 +147,34 @@ def result_of(
             )
         )
     return JobResult(model=spec.model, images=images)
+
+
+def _lead(specs: list[JobSpec], context: Context) -> Explainer | None:
+    """The explainer of the first method when its forward pass can also be the prediction: no OoD head
+    (that needs the features), every image explained for its top-k classes with one k, and a method whose
+    first forward pass is over the inputs themselves."""
+    first = specs[0]
+    if context.ood_net is not None or not first.methods or any(spec.targets for spec in specs):
+        return None
+    if len({spec.top_k for spec in specs}) != 1:
+        return None
+    try:
+        explainer = build_explainer(first.methods[0], context)
+    except (TypeError, ValueError):
+        return None  # the usual path reports the error, with its field
+    return explainer if explainer.first_forward_is_the_inputs else None
+
+
+def _explain_lead(
+    call: MethodCallBase, explainer: Explainer, inputs: torch.Tensor, targets: TopTargets, report: Checkpoint
+) -> list[torch.Tensor]:
+    """Per image, the (k, H, W) maps of its top-k classes, from the pass that also gives the prediction."""
+    try:
+        maps = explain(call, explainer, inputs, targets, report)
+    except (TypeError, ValueError) as error:
+        raise ServiceError(ErrorCode.invalid_parameter, str(error), "methods[0].params") from None
+    report(1.0)
+    return [row.float().cpu() for row in maps]
 
 
 def _predict(network: torch.nn.Module, ood, inputs: torch.Tensor) -> tuple[torch.Tensor, list[float] | None]:

@@ -31,6 +31,7 @@ from workers.xai import (
     OoDNet,
     RISEPlus,
     SmoothGrad,
+    TopTargets,
 )
 
 INTERNAL_BATCH = 32  # inputs per pass for the path and noise methods
@@ -121,10 +122,16 @@ def build_explainer(call: MethodCallBase, context: Context) -> Explainer:
 
 
 def explain(
-    call: MethodCallBase, explainer: Explainer, inputs: Tensor, targets: Tensor, progress: Callable[[float], None]
+    call: MethodCallBase,
+    explainer: Explainer,
+    inputs: Tensor,
+    targets: Tensor | TopTargets,
+    progress: Callable[[float], None],
 ) -> Tensor:
-    """(N, L, H, W) maps at the input's size for (N, L) targets; ``progress`` for the perturbation methods."""
-    targets = targets.reshape(len(inputs), -1)  # (N,) is one target per image: (N, 1)
+    """(N, L, H, W) maps at the input's size for (N, L) targets (or the top L classes, TopTargets(L));
+    ``progress`` for the perturbation methods."""
+    if isinstance(targets, Tensor):
+        targets = targets.reshape(len(inputs), -1)  # (N,) is one target per image: (N, 1)
     kwargs = {"progress": progress} if METHODS[call.name].perturbation else {}
     maps = explainer(inputs, targets, **kwargs)
     if ADAPTERS[call.name].layer_shaped:

@@ -136,3 +136,48 @@ def test_batched_jobs_keep_their_leases_and_attempts(host):
         record = bench.records._record(job)
         assert record["attempts"] == 1 and record["lease_owner"] == "test"
     assert bench.records.expired_leases() == []
+
+
+@pytest.fixture(scope="module")
+def efficientnet_host() -> ModelHost:
+    made = ModelHost(ModelRegistry(), "cpu", ["efficientnet-lite0"])
+    made.load_all()
+    return made
+
+
+def test_the_first_gradient_method_s_forward_is_the_prediction(efficientnet_host):
+    """No OoD head, top-k targets: the prediction comes from GradCAM's own forward pass (no "predict"
+    pass), with the same predictions and maps as a job whose explicit targets make it run apart."""
+    from PIL import Image
+    from skimage import data
+
+    cat = encode(Image.fromarray(data.chelsea()).resize((224, 224)), "JPEG")
+    bench = Bench(efficientnet_host)
+    request = {"model": "efficientnet-lite0", "methods": [{"name": "gradcam"}, {"name": "gradient"}]}
+    shared = build_spec(
+        ExplainOptions.model_validate({**request, "targets": {"top_k": 2}, "outputs": ["raw"]}),
+        [cat],
+        bench.registry,
+        lambda m: None,
+        bench.settings,
+    )
+    bench.records.create(*shared)
+    assert bench.runner.run(shared[0].job_id) == "succeeded"
+    view = bench.records.view(shared[0].job_id)
+    assert view.timings_ms["predict"] == 0.0, "no separate prediction pass"
+    classes = [p.class_id for p in view.result.images[0].predictions]
+    apart = build_spec(
+        ExplainOptions.model_validate({**request, "targets": [classes[:2]], "outputs": ["raw"]}),
+        [cat],
+        bench.registry,
+        lambda m: None,
+        bench.settings,
+    )
+    bench.records.create(*apart)
+    bench.runner.run(apart[0].job_id)
+    other = bench.records.view(apart[0].job_id)
+    assert other.timings_ms["predict"] > 0
+    assert [p.class_id for p in other.result.images[0].predictions] == classes
+    for position in range(4):  # gradcam x 2 targets, gradient x 2 targets
+        # float16 maps of the same computation (eval mode, same inputs): equal to float16 rounding.
+        assert np.allclose(raw(view, 0, position), raw(other, 0, position), rtol=2e-3, atol=1e-6)

@@ -7,6 +7,7 @@ Pure PyTorch: no service code. Every explainer is built from the network and cal
 from ._activation_rules import RectifierTape
 from ._base import Explainer
 from ._perturbation import PerturbationExplainer
+from ._top_targets import TopTargets
 from .deconvolution import Deconvolution
 from .gradcam import GradCAM
 from .gradient import Gradient
@@ -38,4 +39,5 @@ __all__ = [
     "RISEPlus",
     "RectifierTape",
     "SmoothGrad",
+    "TopTargets",
 ]

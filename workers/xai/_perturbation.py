@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ._base import Explainer, _check_device
 from ._inference_copy import forward_twin
 from ._model_state import explaining
+from ._top_targets import TopTargets, top_targets
 from ._validation import check_inputs, check_positive_int, check_targets_in_range, normalise_targets
 
 # Masked images per forward pass unless ``perturbation_per_eval`` says otherwise: as many as fit a budget
@@ -83,9 +84,13 @@ class PerturbationExplainer(Explainer):
             raise TypeError(f"progress must be a callable taking the fraction done, got {type(progress).__name__}")
         inputs = check_inputs(inputs)
         _check_device(self.network, inputs)
-        rows = normalise_targets(targets, len(inputs), inputs.device)
+        deferred = isinstance(targets, TopTargets)
+        rows = None if deferred else normalise_targets(targets, len(inputs), inputs.device)
         channels_last = inputs.dim() == 4 and (inputs.device.type == "cpu" or _is_channels_last(inputs))
         with explaining(self.network):
+            if deferred:
+                with top_targets(self.network, inputs.detach(), targets.k, from_first_forward=False) as (rows, out):
+                    self.last_outputs = out[0]
             if self.inference_copy:
                 self.forward_network = forward_twin(self.network, inputs.detach(), channels_last)
             if self.forward_network is not self.network and channels_last:

@@ -19,6 +19,8 @@ from ._layers import LayerCapture, capturing, resolve_layer
 class GradCAM(Explainer):
     """``GradCAM(network, layer='')(inputs, targets) -> (N, 1 or l, H, W)``."""
 
+    first_forward_is_the_inputs = True
+
     def __init__(self, network: nn.Module, layer: str | nn.Module = "") -> None:
         super().__init__(network)
         self.layer = "" if layer == "" else resolve_layer(self.network, layer)[0]

@@ -18,6 +18,8 @@ class Gradient(Explainer):
     Subclasses change only how rectifiers pass the gradient back (``rule``).
     """
 
+    first_forward_is_the_inputs = True
+
     rule: Rule | None = None
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:

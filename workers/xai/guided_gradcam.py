@@ -20,6 +20,8 @@ from .gradcam import layer_cams, upsample
 class GuidedGradCAM(Explainer):
     """``GuidedGradCAM(network, layer)(inputs, targets) -> (N, 1 or l, H, W)``."""
 
+    first_forward_is_the_inputs = True
+
     def __init__(self, network: nn.Module, layer: str | nn.Module) -> None:
         super().__init__(network)
         self.layer = resolve_layer(self.network, layer)[0]

@@ -14,6 +14,8 @@ from ._base import Explainer
 class InputXGradient(Explainer):
     """``InputXGradient(network)(inputs, targets) -> (N, 1 or l, H, W)``."""
 
+    first_forward_is_the_inputs = True
+
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         gradients = input_gradients(self.network, inputs, targets)
         return (gradients * inputs.detach().unsqueeze(1)).sum(dim=2).contiguous()

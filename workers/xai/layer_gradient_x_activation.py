@@ -25,6 +25,8 @@ LayerSpec = str | nn.Module
 class LayerGradientXActivation(Explainer):
     """``LayerGradientXActivation(network, layer)(inputs, targets)``."""
 
+    first_forward_is_the_inputs = True
+
     def __init__(
         self,
         network: nn.Module,
