@@ -1,6 +1,6 @@
 """How a job gets to a worker: Celery over Redis, or an in-process pool (the embedded default).
 
-Both run the same function (``workers.job_runner.run_job``); only the transport differs. The API
+Both run the same runner (``workers.job_runner.JobRunner``); only the transport differs. The API
 talks to a :class:`Dispatcher` and never imports ``workers``, except the embedded dispatcher's
 lazy import of the job runner, in that mode only (the import-linter contract in pyproject.toml
 names this one exception).
@@ -34,6 +34,13 @@ class Dispatcher(ABC):
     records: JobRecords
     telemetry: Telemetry
     waiters: JobWaiters
+
+    def _open(self, kv: KeyValue, settings: Settings) -> None:
+        """The store both transports keep job records and telemetry in, and the waiters on it."""
+        self.kv = kv
+        self.records = JobRecords(kv, settings.result_ttl_s)
+        self.telemetry = Telemetry(kv)
+        self.waiters = JobWaiters(kv, self.records)
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> None:
@@ -80,10 +87,7 @@ class EmbeddedDispatcher(Dispatcher):
         from workers.job_runner import JobRunner  # the one import of workers by the API
         from workers.model_host import ModelHost
 
-        self.kv = MemoryKeyValue()
-        self.records = JobRecords(self.kv, settings.result_ttl_s)
-        self.telemetry = Telemetry(self.kv)
-        self.waiters = JobWaiters(self.kv, self.records)
+        self._open(MemoryKeyValue(), settings)
         self.host = ModelHost(registry, settings.device)
         self.host.load_all()
         for name in self.host.served:
@@ -125,7 +129,7 @@ class EmbeddedDispatcher(Dispatcher):
         return {"embedded": self._waiting}
 
     def close(self) -> None:
-        self.waiters.close()
+        super().close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -135,10 +139,7 @@ class CeleryDispatcher(Dispatcher):
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         from core.queues import make_celery, queue_of
 
-        self.kv = RedisKeyValue(settings.redis_url)  # type: ignore[arg-type]
-        self.records = JobRecords(self.kv, settings.result_ttl_s)
-        self.telemetry = Telemetry(self.kv)
-        self.waiters = JobWaiters(self.kv, self.records)
+        self._open(RedisKeyValue(settings.redis_url), settings)  # type: ignore[arg-type]
         self.celery = make_celery(settings)
         self._queue_of = queue_of
         self._names = registry.names()
