@@ -77,13 +77,13 @@ class JobRecords:
             "attempts": 0,
             "image_count": spec.image_count,
         }
-        self.kv.put(f"{_PREFIX}{spec.job_id}", json.dumps(record).encode(), self.ttl_s)
+        self.kv.put(self._key(spec.job_id), json.dumps(record).encode(), self.ttl_s)
         self.kv.push(f"{_QUEUED}{spec.model}", spec.job_id, self.ttl_s)
         return _view(record)
 
     def view(self, job_id: str) -> JobView | None:
-        raw = self.kv.get(f"{_PREFIX}{job_id}")
-        return None if raw is None else _view(json.loads(raw))
+        record = self._record(job_id)
+        return None if record is None else _view(record)
 
     def fail(self, job_id: str, code: ErrorCode, message: str) -> None:
         """End a job that never reached a worker (its message could not be sent, the queue is full)."""
