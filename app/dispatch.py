@@ -40,11 +40,20 @@ class Dispatcher(ABC):
         self.kv = kv
         self.records = JobRecords(kv, settings.result_ttl_s)
         self.telemetry = Telemetry(kv)
-        self.waiters = JobWaiters(kv, self.records)
+        self.waiters = JobWaiters(self.records)
+        self._layers: dict[str, tuple[float, list[str] | None]] = {}
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> None:
         """Send a created job to a worker; ServiceError (and the job failed) when it cannot be sent."""
+
+    def enqueue(self, spec: JobSpec, pixels: list[bytes]) -> JobView:
+        """Check that a live worker serves the model, create the job and send it: the request's one
+        step on a thread."""
+        self.require_worker(spec.model)
+        view = self.records.create(spec, pixels)
+        self.submit(spec)
+        return view
 
     def cancel(self, job_id: str) -> JobView | None:
         """Cancel now if queued; ask the worker to stop at its next batch if running."""
@@ -69,11 +78,17 @@ class Dispatcher(ABC):
     def queue_depth(self) -> dict[str, int]: ...
 
     def layers(self, model: str) -> list[str] | None:
-        """The model's layers usable by layer methods, once a worker has loaded it."""
+        """The model's layers usable by layer methods, once a worker has loaded it (read again after
+        ``WORKERS_CACHE_S``)."""
+        at, layers = self._layers.get(model, (0.0, None))
+        if time.monotonic() - at <= WORKERS_CACHE_S:
+            return layers
         try:
-            return self.telemetry.layers(model)
+            layers = self.telemetry.layers(model)
         except Exception:  # the store is away: the worker checks the layer itself
             return None
+        self._layers[model] = (time.monotonic(), layers)
+        return layers
 
     def close(self) -> None:
         self.waiters.close()

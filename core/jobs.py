@@ -24,12 +24,13 @@ from typing import Any
 
 from core.contract import TERMINAL_STATES, ErrorInfo, JobResult, JobSpec, JobView
 from core.errors import ErrorCode
-from core.kv import KeyValue
+from core.kv import Document, Effect, KeyValue
 
 _PREFIX = "xai:job:"
 LEASES = "xai:leases"  # sorted set: job id -> lease expiry
 ENDED = "xai:ended"  # channel: the id of every job that reached its end
 _QUEUED = "xai:queued:"  # list per model: ids of jobs sent, for a worker to gather a batch
+ENDED_RECORD_MAX = 64 * 1024  # an ended record up to this size rides along in its ENDED message
 
 
 class Claim(StrEnum):
@@ -47,7 +48,7 @@ class Lease:
     def __init__(self, job_id: str, owner: str, attempt: int) -> None:
         self.job_id, self.owner, self.attempt = job_id, owner, attempt
 
-    def holds(self, record: dict[str, Any] | None) -> bool:
+    def holds(self, record: Document | None) -> bool:
         return (
             record is not None
             and record.get("state") == "running"
@@ -63,10 +64,7 @@ class JobRecords:
 
     # -- the API's side --
     def create(self, spec: JobSpec, pixels: list[bytes]) -> JobView:
-        """Store the spec, the decoded pixels, and a queued record."""
-        for index, data in enumerate(pixels):
-            self.kv.put(f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s)
-        self.kv.put(f"{_PREFIX}{spec.job_id}:spec", spec.model_dump_json().encode(), self.ttl_s)
+        """Store the spec, the decoded pixels, and a queued record, in one step."""
         record = {
             "job_id": spec.job_id,
             "state": "queued",
@@ -77,13 +75,20 @@ class JobRecords:
             "attempts": 0,
             "image_count": spec.image_count,
         }
-        self.kv.put(self._key(spec.job_id), json.dumps(record).encode(), self.ttl_s)
-        self.kv.push(f"{_QUEUED}{spec.model}", spec.job_id, self.ttl_s)
+        effects: list[Effect] = [
+            ("put", f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s) for index, data in enumerate(pixels)
+        ]
+        effects += [
+            ("put", f"{_PREFIX}{spec.job_id}:spec", spec.model_dump_json().encode(), self.ttl_s),
+            ("put", self._key(spec.job_id), json.dumps(record).encode(), self.ttl_s),
+            ("push", f"{_QUEUED}{spec.model}", spec.job_id, self.ttl_s),
+        ]
+        self.kv.apply(effects)
         return _view(record)
 
     def view(self, job_id: str) -> JobView | None:
-        record = self._record(job_id)
-        return None if record is None else _view(record)
+        raw = self.kv.get(self._key(job_id))
+        return None if raw is None else view_of(raw)
 
     def fail(self, job_id: str, code: ErrorCode, message: str) -> None:
         """End a job that never reached a worker (its message could not be sent, the queue is full)."""
@@ -92,7 +97,7 @@ class JobRecords:
     def cancel(self, job_id: str) -> JobView | None:
         """Cancel a queued job now; ask a running one to stop at its next batch. None: no such job."""
 
-        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, str | None]:
+        def change(record: Document | None, now: float) -> tuple[Document | None, str | None]:
             if record is None:
                 return None, None
             if record["state"] in TERMINAL_STATES:
@@ -101,11 +106,11 @@ class JobRecords:
                 return _ended(record, "cancelled"), "cancelled"
             return {**record, "cancel_requested": True}, "requested"
 
-        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
-        if outcome is None:
+        def effects(outcome: str | None, record: Document | None) -> list[Effect]:
+            return _released(job_id, record) if outcome == "cancelled" else []
+
+        if self.kv.transact(self._key(job_id), change, self.ttl_s, effects) is None:
             return None
-        if outcome == "cancelled":
-            self._release(job_id)
         return self.view(job_id)
 
     # -- the worker's side --
@@ -113,8 +118,9 @@ class JobRecords:
         raw = self.kv.get(f"{_PREFIX}{job_id}:spec")
         return None if raw is None else JobSpec.model_validate_json(raw)
 
-    def pixels(self, job_id: str, index: int) -> bytes | None:
-        return self.kv.get(f"{_PREFIX}{job_id}:pixels:{index}")
+    def pixels(self, job_id: str, count: int) -> list[bytes | None]:
+        """The decoded pixels of the job's ``count`` images (None where they expired)."""
+        return self.kv.get_many([f"{_PREFIX}{job_id}:pixels:{index}" for index in range(count)])
 
     def queued(self, model: str, count: int) -> list[str]:
         """Up to ``count`` ids of jobs sent for ``model``, oldest first, taken off the list: candidates a
@@ -130,7 +136,7 @@ class JobRecords:
 
         taken: dict[str, Any] = {}
 
-        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, Claim]:
+        def change(record: Document | None, now: float) -> tuple[Document | None, Claim]:
             if record is None:
                 return None, Claim.missing
             if record["state"] in TERMINAL_STATES:
@@ -157,34 +163,46 @@ class JobRecords:
             )
             return {**record, **taken}, Claim.run
 
-        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
-        if outcome is Claim.run:  # ``taken`` holds what the transaction that succeeded wrote
-            self.kv.index(LEASES, job_id, taken["lease_until"])
-            return outcome, Lease(job_id, owner, taken["attempts"])
-        if outcome in (Claim.exhausted, Claim.cancelled):
-            self._release(job_id)
-        return outcome, None
+        def effects(outcome: Claim, record: Document | None) -> list[Effect]:
+            if outcome is Claim.run:  # ``taken`` holds what this try of the transaction writes
+                return [("index", LEASES, job_id, taken["lease_until"])]
+            return _released(job_id, record) if outcome in (Claim.exhausted, Claim.cancelled) else []
+
+        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s, effects)
+        return outcome, (Lease(job_id, owner, taken["attempts"]) if outcome is Claim.run else None)
 
     def renew(self, lease: Lease, lease_s: float) -> tuple[bool, bool]:
         """Extend the lease. (still held, cancellation requested)."""
-        held, cancel = self._while_held(lease, lambda now: {"lease_until": now + lease_s, "renewed_at": now})
-        if held:
-            self.kv.index(LEASES, lease.job_id, self.kv.now() + lease_s)
-        return held, cancel
+        renewed: dict[str, float] = {}
+
+        def fields(now: float) -> dict[str, float]:
+            renewed.update(lease_until=now + lease_s, renewed_at=now)
+            return renewed
+
+        return self._while_held(lease, fields, lambda: [("index", LEASES, lease.job_id, renewed["lease_until"])])
 
     def progress(self, lease: Lease, fraction: float) -> tuple[bool, bool]:
         """Record progress. (still held, cancellation requested)."""
         return self._while_held(lease, lambda now: {"progress": round(fraction, 4)})
 
-    def _while_held(self, lease: Lease, fields: Callable[[float], dict[str, Any]]) -> tuple[bool, bool]:
-        """Change ``fields(now)`` of the record if ``lease`` still holds it. (held, cancellation requested)."""
+    def _while_held(
+        self,
+        lease: Lease,
+        fields: Callable[[float], dict[str, Any]],
+        effects: Callable[[], list[Effect]] = list,
+    ) -> tuple[bool, bool]:
+        """Change ``fields(now)`` of the record, and write ``effects()``, if ``lease`` still holds it.
+        (held, cancellation requested)."""
 
-        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, tuple[bool, bool]]:
+        def change(record: Document | None, now: float) -> tuple[Document | None, tuple[bool, bool]]:
             if record is None or not lease.holds(record):
                 return None, (False, False)
             return {**record, **fields(now)}, (True, bool(record.get("cancel_requested")))
 
-        return self.kv.transact(self._key(lease.job_id), change, self.ttl_s)
+        def held_effects(outcome: tuple[bool, bool], record: Document | None) -> list[Effect]:
+            return effects() if outcome[0] else []
+
+        return self.kv.transact(self._key(lease.job_id), change, self.ttl_s, held_effects)
 
     def finish(
         self,
@@ -194,15 +212,21 @@ class JobRecords:
         result: JobResult | None = None,
         error: ErrorInfo | None = None,
         timings_ms: dict[str, float] | None = None,
+        pngs: dict[str, bytes] | None = None,
     ) -> bool:
-        """Write the attempt's end; False when the lease was lost (the write did not land)."""
-        return self._end(lease.job_id, lease, state, result=result, error=error, timings_ms=timings_ms)
+        """Write the attempt's end, with its maps' PNGs (by name) in the same step; False when the lease
+        was lost (nothing was written)."""
+        maps: list[Effect] = [
+            ("put", f"{_PREFIX}{lease.job_id}:png:{lease.attempt}:{name}", png, self.ttl_s)
+            for name, png in (pngs or {}).items()
+        ]
+        return self._end(lease.job_id, lease, state, maps, result=result, error=error, timings_ms=timings_ms)
 
     def reclaim(self, job_id: str, max_attempts: int, time_limit_s: float) -> str | None:
         """A running job whose lease expired: back to queued (returns "queued": send its message
         again), or ended ("failed"). None when its lease is alive or it is no longer running."""
 
-        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, str | None]:
+        def change(record: Document | None, now: float) -> tuple[Document | None, str | None]:
             if record is None or record["state"] != "running" or record.get("lease_until", 0) > now:
                 return None, None
             attempts = int(record.get("attempts", 0))
@@ -215,23 +239,19 @@ class JobRecords:
             queued = {k: v for k, v in record.items() if k not in ("lease_owner", "lease_until")}
             return {**queued, "state": "queued", "progress": 0.0}, "queued"
 
-        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s)
-        record = self._record(job_id)
-        if outcome is not None or record is None:
-            self.kv.index(LEASES, job_id, None)
-        if outcome == "queued" and record is not None:
-            self.kv.push(f"{_QUEUED}{record['model']}", job_id, self.ttl_s)  # it may join a batch again
-        if outcome in ("failed", "cancelled"):
-            self._release(job_id)
-        return outcome
+        def effects(outcome: str | None, record: Document | None) -> list[Effect]:
+            if outcome in ("failed", "cancelled"):
+                return _released(job_id, record)
+            if outcome == "queued" and record is not None:  # it may join a batch again
+                return [("index", LEASES, job_id, None), ("push", f"{_QUEUED}{record['model']}", job_id, self.ttl_s)]
+            return [("index", LEASES, job_id, None)] if record is None else []
+
+        return self.kv.transact(self._key(job_id), change, self.ttl_s, effects)
 
     def expired_leases(self) -> list[str]:
         return self.kv.below(LEASES, self.kv.now())
 
     # -- maps --
-    def put_png(self, lease: Lease, name: str, png: bytes) -> None:
-        self.kv.put(f"{_PREFIX}{lease.job_id}:png:{lease.attempt}:{name}", png, self.ttl_s)
-
     def png(self, job_id: str, name: str) -> bytes | None:
         record = self._record(job_id)
         if record is None or record["state"] != "succeeded":
@@ -243,30 +263,50 @@ class JobRecords:
     def _key(job_id: str) -> str:
         return f"{_PREFIX}{job_id}"
 
-    def _record(self, job_id: str) -> dict[str, Any] | None:
+    def _record(self, job_id: str) -> Document | None:
         raw = self.kv.get(self._key(job_id))
         return None if raw is None else json.loads(raw)
 
-    def _end(self, job_id: str, lease: Lease | None, state: str, **fields: Any) -> bool:
-        def change(record: dict[str, Any] | None, now: float) -> tuple[dict[str, Any] | None, bool]:
+    def _end(
+        self, job_id: str, lease: Lease | None, state: str, extra: list[Effect] | None = None, **fields: Any
+    ) -> bool:
+        ended: Document = {}
+
+        def change(record: Document | None, now: float) -> tuple[Document | None, bool]:
             if record is None or record["state"] in TERMINAL_STATES:
                 return None, False
             if lease is not None and not lease.holds(record):
                 return None, False
-            return _ended(record, state, **fields), True
+            ended.clear()
+            ended.update(_ended(record, state, **fields))
+            return ended, True
 
-        written = self.kv.transact(self._key(job_id), change, self.ttl_s)
-        if written:
-            self._release(job_id)
-        return written
+        def effects(written: bool, record: Document | None) -> list[Effect]:
+            return [*(extra or []), *_released(job_id, record, ended)] if written else []
 
-    def _release(self, job_id: str) -> None:
-        """A job at its end: waiters are told, no lease to watch, its pixels are no longer needed."""
-        self.kv.publish(ENDED, job_id)
-        self.kv.index(LEASES, job_id, None)
-        record = self._record(job_id)
-        if record is not None:
-            self.kv.delete(*(f"{_PREFIX}{job_id}:pixels:{index}" for index in range(record.get("image_count", 0))))
+        return self.kv.transact(self._key(job_id), change, self.ttl_s, effects)
+
+
+def _released(job_id: str, record: Document | None, ended: Document | None = None) -> list[Effect]:
+    """A job at its end: waiters are told (with the ended record when it is small), no lease to watch,
+    its pixels are no longer needed."""
+    image_count = 0 if record is None else int(record.get("image_count", 0))
+    pixels = [f"{_PREFIX}{job_id}:pixels:{index}" for index in range(image_count)]
+    message = job_id
+    if ended is not None and len(text := json.dumps(ended)) <= ENDED_RECORD_MAX:
+        message = f"{job_id} {text}"
+    return [("index", LEASES, job_id, None), ("delete", *pixels), ("publish", ENDED, message)]
+
+
+def parse_ended(message: str) -> tuple[str, bytes | None]:
+    """An ENDED message: the job's id, and its ended record when it came along."""
+    job_id, _, record = message.partition(" ")
+    return job_id, record.encode() if record else None
+
+
+def view_of(raw: bytes) -> JobView:
+    """The view of a stored record."""
+    return _view(json.loads(raw))
 
 
 def _ended(record: dict[str, Any], state: str, **fields: Any) -> dict[str, Any]:

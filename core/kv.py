@@ -3,13 +3,25 @@ embedded mode, ``core/kv_memory.py``).
 
 A small key-value interface with the few atomic operations the job path needs; everything about
 what the keys mean is in :mod:`core.jobs` and :mod:`core.telemetry`, written once for both.
+
+Writes are *effects*, tuples a store applies in one round trip, several at once (:meth:`KeyValue.apply`)
+or atomically with a change of a document (:meth:`KeyValue.transact`):
+
+- ``("put", key, value: bytes, ttl_s)``
+- ``("delete", key, ...)``
+- ``("add", key, field, amount)``: a counter in the hash ``key``
+- ``("index", key, member, score)``: into the sorted set ``key``; a score of None takes it out
+- ``("push", key, member, ttl_s)``: appended to the list ``key``, which expires ``ttl_s`` after
+  its last push
+- ``("publish", channel, message)``: to the listeners of ``channel`` (at most once; a listener
+  that is away misses it)
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -18,8 +30,12 @@ log = logging.getLogger(__name__)
 Listener = Callable[[str], None]
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)  # the store is unreachable for now
 Outcome = TypeVar("Outcome")
+Document = dict[str, Any]
+Effect = tuple[Any, ...]
 # A transaction: (the document or None, the store's clock) -> (the new document or None to leave it, an outcome).
-Change = Callable[[dict[str, Any] | None, float], tuple[dict[str, Any] | None, Outcome]]
+Change = Callable[[Document | None, float], tuple[Document | None, Outcome]]
+# What else the transaction writes, from its outcome and the document as it was read.
+Effects = Callable[[Outcome, Document | None], Sequence[Effect]]
 
 
 class KeyValue(ABC):
@@ -28,36 +44,30 @@ class KeyValue(ABC):
         """The store's clock (seconds): every process compares leases against the same one."""
 
     @abstractmethod
-    def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
-
-    @abstractmethod
     def get(self, key: str) -> bytes | None: ...
 
     @abstractmethod
-    def delete(self, *keys: str) -> None: ...
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys``, in one round trip."""
 
     @abstractmethod
-    def transact(self, key: str, change: Change[Outcome], ttl_s: float) -> Outcome:
-        """Apply ``change`` to the JSON document at ``key`` atomically; a new document keeps the key's
-        TTL, or gets ``ttl_s`` when the key did not exist."""
+    def apply(self, effects: Sequence[Effect]) -> None:
+        """Apply the effects in order, in one round trip, atomically."""
 
     @abstractmethod
-    def add(self, key: str, field: str, amount: float) -> None: ...
+    def transact(
+        self, key: str, change: Change[Outcome], ttl_s: float, effects: Effects[Outcome] | None = None
+    ) -> Outcome:
+        """Apply ``change`` to the JSON document at ``key`` atomically, with ``effects(outcome, document
+        as read)`` in the same step; a new document keeps the key's TTL, or gets ``ttl_s`` when the key
+        did not exist."""
 
     @abstractmethod
     def fields(self, key: str) -> dict[str, float]: ...
 
     @abstractmethod
-    def index(self, key: str, member: str, score: float | None) -> None:
-        """Put ``member`` in the sorted set ``key`` with ``score``; None takes it out."""
-
-    @abstractmethod
     def below(self, key: str, score: float) -> list[str]:
         """Members of the sorted set ``key`` scored at most ``score``."""
-
-    @abstractmethod
-    def push(self, key: str, member: str, ttl_s: float) -> None:
-        """Append ``member`` to the list ``key`` (the list expires ``ttl_s`` after its last push)."""
 
     @abstractmethod
     def pop(self, key: str, count: int) -> list[str]:
@@ -68,13 +78,28 @@ class KeyValue(ABC):
         """Every live key starting with ``prefix``, with its value."""
 
     @abstractmethod
-    def publish(self, channel: str, message: str) -> None:
-        """Tell the listeners of ``channel`` (at most once; a listener that is away misses it)."""
-
-    @abstractmethod
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener(message)`` for every message published on ``channel`` from now on, from another
         thread; returns the function that stops it."""
+
+    # -- single writes, each one effect --
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.apply([("put", key, value, ttl_s)])
+
+    def delete(self, *keys: str) -> None:
+        self.apply([("delete", *keys)])
+
+    def add(self, key: str, field: str, amount: float) -> None:
+        self.apply([("add", key, field, amount)])
+
+    def index(self, key: str, member: str, score: float | None) -> None:
+        self.apply([("index", key, member, score)])
+
+    def push(self, key: str, member: str, ttl_s: float) -> None:
+        self.apply([("push", key, member, ttl_s)])
+
+    def publish(self, channel: str, message: str) -> None:
+        self.apply([("publish", channel, message)])
 
     def ping(self) -> bool:
         return True

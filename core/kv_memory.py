@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from core.kv import Change, KeyValue, Listener, Outcome
+from core.kv import Change, Effect, Effects, KeyValue, Listener, Outcome
 
 
 class MemoryKeyValue(KeyValue):
-    """One process: entries expire by the monotonic clock; one lock serialises every operation."""
+    """One process: entries expire by the monotonic clock; one lock serialises every operation.
+    Listeners are called after the lock is released, on the thread that published."""
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[float, bytes]] = {}
@@ -31,45 +32,72 @@ class MemoryKeyValue(KeyValue):
             return None
         return entry[1]
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        with self._lock:
-            self._expire()
-            self._data[key] = (time.monotonic() + ttl_s, value)
-
     def get(self, key: str) -> bytes | None:
         with self._lock:
             return self._live(key)
 
-    def delete(self, *keys: str) -> None:
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         with self._lock:
-            for key in keys:
-                self._data.pop(key, None)
+            return [self._live(key) for key in keys]
 
-    def transact(self, key: str, change: Change[Outcome], ttl_s: float) -> Outcome:
+    def apply(self, effects: Sequence[Effect]) -> None:
+        with self._lock:
+            published = self._apply(effects)
+        self._tell(published)
+
+    def transact(
+        self, key: str, change: Change[Outcome], ttl_s: float, effects: Effects[Outcome] | None = None
+    ) -> Outcome:
         with self._lock:
             raw = self._live(key)
-            document, outcome = change(None if raw is None else json.loads(raw), self.now())
+            read = None if raw is None else json.loads(raw)
+            document, outcome = change(read, self.now())
             if document is not None:
                 deadline = self._data[key][0] if raw is not None else time.monotonic() + ttl_s
                 self._data[key] = (deadline, json.dumps(document).encode())
-            return outcome
+            published = self._apply(effects(outcome, read) if effects is not None else [])
+        self._tell(published)
+        return outcome
 
-    def add(self, key: str, field: str, amount: float) -> None:
-        with self._lock:
-            counters = self._counters.setdefault(key, {})
-            counters[field] = counters.get(field, 0.0) + amount
+    def _apply(self, effects: Sequence[Effect]) -> list[tuple[str, str]]:
+        """Apply the effects (the lock held); the messages to publish once it is released."""
+        published = []
+        for kind, *args in effects:
+            if kind == "put":
+                key, value, ttl_s = args
+                self._expire()
+                self._data[key] = (time.monotonic() + ttl_s, value)
+            elif kind == "delete":
+                for key in args:
+                    self._data.pop(key, None)
+            elif kind == "add":
+                key, field, amount = args
+                counters = self._counters.setdefault(key, {})
+                counters[field] = counters.get(field, 0.0) + amount
+            elif kind == "index":
+                key, member, score = args
+                members = self._sets.setdefault(key, {})
+                if score is None:
+                    members.pop(member, None)
+                else:
+                    members[member] = score
+            elif kind == "push":
+                key, member, _ttl_s = args
+                self._lists.setdefault(key, []).append(member)
+            elif kind == "publish":
+                published.append((args[0], args[1]))
+            else:
+                raise ValueError(f"unknown effect {kind!r}")
+        return published
+
+    def _tell(self, published: list[tuple[str, str]]) -> None:
+        for channel, message in published:
+            for listener in list(self._listeners.get(channel, [])):
+                listener(message)
 
     def fields(self, key: str) -> dict[str, float]:
         with self._lock:
             return dict(self._counters.get(key, {}))
-
-    def index(self, key: str, member: str, score: float | None) -> None:
-        with self._lock:
-            members = self._sets.setdefault(key, {})
-            if score is None:
-                members.pop(member, None)
-            else:
-                members[member] = score
 
     def below(self, key: str, score: float) -> list[str]:
         with self._lock:
@@ -79,19 +107,11 @@ class MemoryKeyValue(KeyValue):
         with self._lock:
             return {key: value for key in list(self._data) if key.startswith(prefix) and (value := self._live(key))}
 
-    def push(self, key: str, member: str, ttl_s: float) -> None:
-        with self._lock:
-            self._lists.setdefault(key, []).append(member)
-
     def pop(self, key: str, count: int) -> list[str]:
         with self._lock:
             members = self._lists.get(key, [])
             taken, self._lists[key] = members[:count], members[count:]
             return taken
-
-    def publish(self, channel: str, message: str) -> None:
-        for listener in list(self._listeners.get(channel, [])):
-            listener(message)
 
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
         self._listeners.setdefault(channel, []).append(listener)

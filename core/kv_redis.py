@@ -1,15 +1,76 @@
-"""The key-value store of the service: Redis, shared by the API and every worker."""
+"""The key-value store of the service: Redis, shared by the API and every worker.
+
+A transaction is one read (the document and the server's clock, pipelined) and one compare-and-set
+script that writes the new document and the effects only if the document is still what was read: two
+round trips, where WATCH / MULTI / EXEC takes four.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from core.kv import STORE_ERRORS, Change, KeyValue, Listener, Outcome
+from core.kv import STORE_ERRORS, Change, Effect, Effects, KeyValue, Listener, Outcome
 
 log = logging.getLogger(__name__)
+
+# KEYS[1]: the document. ARGV: read? (1/0), the document read, write? (1/0), the new document, its TTL
+# in ms when the key is new, then each effect as its word count followed by the words of its command.
+_COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[3] == '1' then
+  if current then
+    redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
+  else
+    redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+  end
+end
+local i = 6
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def commands(effect: Effect) -> Iterator[list[Any]]:
+    """The Redis commands of one effect (``core/kv.py``)."""
+    kind, *args = effect
+    if kind == "put":
+        key, value, ttl_s = args
+        yield ["SET", key, value, "PX", _ms(ttl_s)]
+    elif kind == "delete":
+        if args:
+            yield ["DEL", *args]
+    elif kind == "add":
+        key, field, amount = args
+        yield ["HINCRBYFLOAT", key, field, repr(float(amount))]
+    elif kind == "index":
+        key, member, score = args
+        yield ["ZREM", key, member] if score is None else ["ZADD", key, repr(float(score)), member]
+    elif kind == "push":
+        key, member, ttl_s = args
+        yield ["RPUSH", key, member]
+        yield ["EXPIRE", key, max(1, int(ttl_s))]
+    elif kind == "publish":
+        channel, message = args
+        yield ["PUBLISH", channel, message]
+    else:
+        raise ValueError(f"unknown effect {kind!r}")
 
 
 class RedisKeyValue(KeyValue):
@@ -20,55 +81,48 @@ class RedisKeyValue(KeyValue):
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
         )
+        self._compare_and_set = self.client.register_script(_COMPARE_AND_SET)
 
     def now(self) -> float:
         seconds, microseconds = self.client.time()
         return seconds + microseconds / 1e6
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        self.client.set(key, value, px=max(1, int(ttl_s * 1000)))
-
     def get(self, key: str) -> bytes | None:
         return self.client.get(key)
 
-    def delete(self, *keys: str) -> None:
-        if keys:
-            self.client.delete(*keys)
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return list(self.client.mget(keys)) if keys else []
 
-    def transact(self, key: str, change: Change[Outcome], ttl_s: float) -> Outcome:
-        import redis
+    def apply(self, effects: Sequence[Effect]) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            for effect in effects:
+                for command in commands(effect):
+                    pipe.execute_command(*command)
+            pipe.execute()
 
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    seconds, microseconds = pipe.time()
-                    document, outcome = change(None if raw is None else json.loads(raw), seconds + microseconds / 1e6)
-                    if document is None:
-                        pipe.unwatch()
-                        return outcome
-                    pipe.multi()
-                    if raw is None:
-                        pipe.set(key, json.dumps(document), px=max(1, int(ttl_s * 1000)))
-                    else:
-                        pipe.set(key, json.dumps(document), keepttl=True)
-                    pipe.execute()
-                    return outcome
-                except redis.WatchError:
-                    continue
-
-    def add(self, key: str, field: str, amount: float) -> None:
-        self.client.hincrbyfloat(key, field, amount)
+    def transact(
+        self, key: str, change: Change[Outcome], ttl_s: float, effects: Effects[Outcome] | None = None
+    ) -> Outcome:
+        while True:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.time()
+                raw, (seconds, microseconds) = pipe.execute()
+            read = None if raw is None else json.loads(raw)
+            document, outcome = change(read, seconds + microseconds / 1e6)
+            extra = list(effects(outcome, read)) if effects is not None else []
+            if document is None and not extra:
+                return outcome
+            args: list[Any] = ["0" if raw is None else "1", raw or b""]
+            args += ["0", b"", 0] if document is None else ["1", json.dumps(document), _ms(ttl_s)]
+            for effect in extra:
+                for command in commands(effect):
+                    args += [len(command), *command]
+            if self._compare_and_set(keys=[key], args=args):
+                return outcome
 
     def fields(self, key: str) -> dict[str, float]:
         return {k.decode(): float(v) for k, v in self.client.hgetall(key).items()}
-
-    def index(self, key: str, member: str, score: float | None) -> None:
-        if score is None:
-            self.client.zrem(key, member)
-        else:
-            self.client.zadd(key, {member: score})
 
     def below(self, key: str, score: float) -> list[str]:
         return [member.decode() for member in self.client.zrangebyscore(key, "-inf", score)]
@@ -78,17 +132,8 @@ class RedisKeyValue(KeyValue):
         values = self.client.mget(keys) if keys else []
         return {key.decode(): value for key, value in zip(keys, values, strict=True) if value is not None}
 
-    def push(self, key: str, member: str, ttl_s: float) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, member)
-            pipe.expire(key, max(1, int(ttl_s)))
-            pipe.execute()
-
     def pop(self, key: str, count: int) -> list[str]:
         return [member.decode() for member in self.client.lpop(key, count) or []]
-
-    def publish(self, channel: str, message: str) -> None:
-        self.client.publish(channel, message)
 
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
         """A thread on its own connection, subscribed again after the connection is lost. Returns once

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-from core.kv import KeyValue
+from core.kv import Effect, KeyValue
 
 _METRICS = "xai:metrics"
 _WORKER = "xai:worker:"
@@ -26,11 +28,17 @@ class Telemetry:
         self.kv = kv
 
     # -- job metrics --
-    def record_duration(self, method: str, seconds: float) -> None:
-        self.kv.add(f"{_METRICS}:duration_sum", method, seconds)
-        for bound in DURATION_BUCKETS:
-            if seconds <= bound:
-                self.kv.add(f"{_METRICS}:duration_bucket", f"{method}|{bound}", 1)
+    def record_durations(self, durations: Iterable[tuple[str, float]]) -> None:
+        """Add (method, seconds) samples to the histograms, in one round trip."""
+        sums: Counter[str] = Counter()
+        buckets: Counter[str] = Counter()
+        for method, seconds in durations:
+            sums[method] += seconds
+            buckets.update(f"{method}|{bound}" for bound in DURATION_BUCKETS if seconds <= bound)
+        effects: list[Effect] = [("add", f"{_METRICS}:duration_sum", method, total) for method, total in sums.items()]
+        effects += [("add", f"{_METRICS}:duration_bucket", field, count) for field, count in buckets.items()]
+        if effects:
+            self.kv.apply(effects)
 
     def record_failure(self, code: str) -> None:
         self.kv.add(f"{_METRICS}:failures", code, 1)

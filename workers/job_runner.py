@@ -154,16 +154,19 @@ class JobRunner:
         for job, share in zip(live, computed, strict=True):
             if job.outcome is not None:
                 continue  # cancelled or lost while the batch ran
-            put_png = self._put_png(job.lease)
+            pngs: dict[str, bytes] = {}
             try:
-                result = result_of(job.spec, job.photos, share, self.host, put_png)
+                result = result_of(job.spec, job.photos, share, self.host, pngs.__setitem__)
             except ServiceError as error:
                 self._end_now(job, "failed", error, timings)
                 continue
-            self._end(job, "succeeded", result=result, timings=timings)
-            if job.outcome == "succeeded":
-                for method, ms in timings.items():
-                    self.telemetry.record_duration(method, ms / 1000)
+            self._end(job, "succeeded", result=result, timings=timings, pngs=pngs)
+        succeeded = sum(job.outcome == "succeeded" for job in live)
+        durations = [(method, ms / 1000) for method, ms in timings.items()] * succeeded
+        try:
+            self.telemetry.record_durations(durations)
+        except STORE_ERRORS as error:  # metrics are best effort
+            log.warning("job durations not recorded: %s", type(error).__name__)
 
     def _failed(self, live: list[Job], error: BaseException, keeper: LeaseKeeper, timings: dict[str, float]) -> None:
         """The batch failed. A timeout ends every job; anything else, in a batch of several, runs each job
@@ -191,23 +194,22 @@ class JobRunner:
                 self._end_now(job, "failed", ServiceError(ErrorCode.internal, message), timings)
 
     def _photos(self, job: Job) -> list[Image.Image]:
-        photos = []
-        for index in range(job.spec.image_count):
-            pixels = persist(lambda i=index: self.records.pixels(job.job_id, i), "read the pixels")
-            if pixels is None:
-                raise ServiceError(ErrorCode.expired, "the job's images expired before it ran")
-            photos.append(photo_of(pixels, job.spec.image_sizes[index]))
-        return photos
+        count = job.spec.image_count
+        pixels = persist(lambda: self.records.pixels(job.job_id, count), "read the pixels")
+        found = [data for data in pixels if data is not None]
+        if len(found) < count:
+            raise ServiceError(ErrorCode.expired, "the job's images expired before it ran")
+        return [photo_of(data, size) for data, size in zip(found, job.spec.image_sizes, strict=True)]
 
     def _checkpoint(self, live: list[Job], keeper: LeaseKeeper) -> Callable[[float], None]:
         """Between batches of the kernels: jobs cancelled or lost leave the batch (the others go on);
         progress is written every ``PROGRESS_EVERY_S``; past the time limit, the batch stops."""
         deadline = time.monotonic() + self.settings.job_time_limit_s
-        last = [0.0]
+        last = [time.monotonic()]  # the claim wrote progress 0
 
         def checkpoint(fraction: float) -> None:
             now = time.monotonic()
-            write = fraction == 0.0 or now - last[0] > PROGRESS_EVERY_S
+            write = now - last[0] > PROGRESS_EVERY_S
             if write:
                 last[0] = now
             for job in live:
@@ -235,12 +237,6 @@ class JobRunner:
 
         return checkpoint
 
-    def _put_png(self, lease: Lease) -> Callable[[str, bytes], None]:
-        def put_png(name: str, png: bytes) -> None:
-            persist(lambda: self.records.put_png(lease, name, png), "store a map")
-
-        return put_png
-
     def _end_now(self, job: Job, state: str, error: ServiceError, timings: dict[str, float] | None = None) -> None:
         info = ErrorInfo(code=error.code, message=error.message, field=error.field)
         self._end(job, state, error=info, timings=timings or {})
@@ -255,9 +251,10 @@ class JobRunner:
         result: JobResult | None = None,
         error: ErrorInfo | None = None,
         timings: dict[str, float],
+        pngs: dict[str, bytes] | None = None,
     ) -> None:
         written = persist(
-            lambda: self.records.finish(job.lease, state, result=result, error=error, timings_ms=timings),
+            lambda: self.records.finish(job.lease, state, result=result, error=error, timings_ms=timings, pngs=pngs),
             f"job {job.job_id}: write {state}",
         )
         if not written:

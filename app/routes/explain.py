@@ -12,7 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
-from app.dispatch import Dispatcher
 from app.errors import classify
 from app.routes.responses import ERRORS
 from app.validation import build_spec
@@ -88,10 +87,6 @@ async def read_body(
     raise ServiceError(ErrorCode.unsupported_media_type, "send application/json or multipart/form-data")
 
 
-async def wait_for(dispatcher: Dispatcher, job_id: str, seconds: float) -> JobView:
-    return await dispatcher.waiters.wait(job_id, seconds)
-
-
 @router.post(
     "/explain",
     response_model=JobView,
@@ -111,12 +106,11 @@ async def create_explanation(
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
     options, files = await read_body(request, settings.max_request_bytes, ExplainJSON, ExplainOptions)
     spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.layers, settings)
-    await run_in_threadpool(dispatcher.require_worker, spec.model)
-    view = await run_in_threadpool(dispatcher.records.create, spec, pixels)
-    await run_in_threadpool(dispatcher.submit, spec)
-    request.app.state.metrics.jobs.labels(spec.model).inc()
-    if wait > 0:
-        view = await wait_for(dispatcher, spec.job_id, min(wait, settings.wait_cap_s))
+    with dispatcher.waiters.watching(spec.job_id) as watch:
+        view = await run_in_threadpool(dispatcher.enqueue, spec, pixels)
+        request.app.state.metrics.jobs.labels(spec.model).inc()
+        if wait > 0:
+            view = await watch.until_end(min(wait, settings.wait_cap_s), view)
     response.headers["Location"] = f"/jobs/{spec.job_id}"
     if view.state in TERMINAL_STATES:
         response.status_code = 200

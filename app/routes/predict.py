@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
-from app.routes.explain import read_body, wait_for
+from app.routes.explain import read_body
 from app.routes.responses import ERRORS
 from app.validation import decode_all, manifest_of
 from core.contract import JobSpec, Predictions, PredictJSON, PredictOptions, RenderOptions
@@ -50,7 +50,6 @@ async def predict(
     options, files = await read_body(request, settings.max_request_bytes, PredictJSON, PredictOptions)
     manifest = manifest_of(registry, options.model)
     pixels, sizes = await run_in_threadpool(decode_all, files, settings)
-    await run_in_threadpool(dispatcher.require_worker, manifest.name)
     spec = JobSpec(
         job_id=uuid.uuid4().hex,
         model=manifest.name,
@@ -61,9 +60,8 @@ async def predict(
         image_count=len(files),
         image_sizes=sizes,
     )
-    await run_in_threadpool(dispatcher.records.create, spec, pixels)
-    await run_in_threadpool(dispatcher.submit, spec)
-    view = await wait_for(dispatcher, spec.job_id, settings.wait_cap_s)
+    with dispatcher.waiters.watching(spec.job_id) as watch:
+        view = await watch.until_end(settings.wait_cap_s, await run_in_threadpool(dispatcher.enqueue, spec, pixels))
     if view.state == "succeeded" and view.result is not None:
         return Predictions(model=view.result.model, images=view.result.images)
     if view.error is not None:

@@ -34,9 +34,9 @@ def records(request, redis_for_records) -> Iterator[JobRecords]:
     kv.close()
 
 
-def new_job(records: JobRecords, images: int = 2) -> str:
+def new_job(records: JobRecords, images: int = 2, job_id: str | None = None) -> str:
     spec = JobSpec(
-        job_id=f"{time.time_ns():032x}"[-32:],
+        job_id=job_id or f"{time.time_ns():032x}"[-32:],
         model="lenet5-shapes",
         methods=[],
         outputs=["raw"],
@@ -74,7 +74,7 @@ def test_an_expired_lease_is_reclaimed_and_the_old_attempt_is_fenced_off(records
     assert records.finish(second, "succeeded", result=JobResult(model="lenet5-shapes", images=[])) is True
     view = records.view(job)
     assert view.state == "succeeded" and view.attempts == 2 and view.error is None
-    assert records.pixels(job, 0) is None, "the pixels go with the job's end"
+    assert records.pixels(job, 2) == [None, None], "the pixels go with the job's end"
     assert records.expired_leases() == []
 
 

@@ -1,0 +1,63 @@
+"""The store's atomic steps on both stores: a change with its effects lands whole or is tried again."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from core.kv import KeyValue
+from core.kv_memory import MemoryKeyValue
+from core.kv_redis import RedisKeyValue
+from tests.core.test_jobs import redis_for_records  # noqa: F401 - the fixture
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kv(request, redis_for_records) -> Iterator[KeyValue]:  # noqa: F811
+    store: KeyValue = MemoryKeyValue() if request.param == "memory" else RedisKeyValue(redis_for_records.url)
+    if isinstance(store, RedisKeyValue):
+        store.client.flushdb()
+    yield store
+    store.close()
+
+
+def test_concurrent_changes_each_land_once_with_their_effects(kv):
+    """Two threads increment one document 150 times each; every increment also bumps a counter and
+    indexes a member. A lost update or an effect applied for a change that did not land would show."""
+
+    def increment(record, now):
+        count = 0 if record is None else record["count"]
+        return {"count": count + 1}, count + 1
+
+    def effects(count, record):
+        return [("add", "counters", "changes", 1), ("index", "seen", f"m{count}", float(count))]
+
+    def work() -> None:
+        for _ in range(150):
+            kv.transact("doc", increment, 60, effects)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert kv.transact("doc", lambda record, now: (None, record["count"]), 60) == 300
+    assert kv.fields("counters") == {"changes": 300.0}
+    assert sorted(kv.below("seen", 1e9), key=lambda m: int(m[1:])) == [f"m{n}" for n in range(1, 301)]
+
+
+def test_effects_of_a_change_that_writes_nothing_still_apply_and_none_without_effects(kv):
+    kv.transact("doc", lambda record, now: (None, "kept"), 60, lambda outcome, record: [("put", "side", b"x", 60)])
+    assert kv.get("doc") is None and kv.get("side") == b"x"
+    kv.apply([("put", "a", b"1", 60), ("push", "list", "j1", 60), ("push", "list", "j2", 60), ("delete", "side")])
+    assert kv.get_many(["a", "side", "missing"]) == [b"1", None, None]
+    assert kv.pop("list", 5) == ["j1", "j2"]
+
+
+def test_a_new_document_gets_the_ttl_and_a_changed_one_keeps_it(kv):
+    kv.transact("doc", lambda record, now: ({"v": 1}, None), 0.3)
+    kv.transact("doc", lambda record, now: ({"v": 2}, None), 3600)  # keeps 0.3 s
+    assert kv.transact("doc", lambda record, now: (None, record), 60) == {"v": 2}
+    threading.Event().wait(0.6)
+    assert kv.get("doc") is None
