@@ -1,4 +1,6 @@
-"""What the routes get injected: settings, the model registry, the dispatcher (its job records and telemetry)."""
+"""What the routes get injected: settings, the model registry, the dispatcher (its job records and telemetry).
+
+``async``: FastAPI runs a plain function dependency on a worker thread, a hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -11,15 +13,15 @@ from core.settings import Settings
 from models.registry import ModelRegistry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _registry(request: Request) -> ModelRegistry:
+async def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def _dispatcher(request: Request) -> Dispatcher:
+async def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 

@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import errors
 from app.dispatch import Dispatcher, make_dispatcher
-from app.metrics import Metrics
+from app.metrics import Metrics, RequestMetrics
 from app.routes import catalog, explain, health, jobs, predict
 from core.contract import ExplainJSON, PredictJSON
 from core.settings import Settings, get_settings
@@ -40,10 +40,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.registry = registry
     errors.install(app)
 
-    @app.middleware("http")
-    async def count_requests(request, call_next):
-        metrics = getattr(request.app.state, "metrics", None)
-        return await (metrics.middleware(request, call_next) if metrics else call_next(request))
+    app.add_middleware(RequestMetrics)
 
     for module in (explain, jobs, predict, catalog, health):
         app.include_router(module.router)

@@ -4,14 +4,16 @@ at scrape time, job durations by method, failures by code and queue depth (all w
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from fastapi import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from app.dispatch import Dispatcher
 from core.telemetry import DURATION_BUCKETS
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class _StoreCollector:
@@ -52,13 +54,36 @@ class Metrics:
         self.jobs = Counter("xai_jobs_submitted", "Jobs accepted", ["model"], registry=self.registry)
         self.registry.register(_StoreCollector(dispatcher))
 
-    async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        self.requests.labels(route, str(response.status_code)).inc()
-        self.latency.labels(route).observe(time.perf_counter() - started)
-        return response
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetrics:
+    """Counts every HTTP request by route and status, and its latency, in the app's :class:`Metrics`.
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) costs a task and
+    a memory stream per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics: Metrics | None = getattr(scope["app"].state, "metrics", None) if scope["type"] == "http" else None
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            metrics.observe(scope, status[0], time.perf_counter() - started)

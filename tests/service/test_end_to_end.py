@@ -159,3 +159,4 @@ def test_health(client):
     assert ready.status_code == 200 and ready.json()["ready"] is True
     metrics = client.get("/metrics").text
     assert "xai_http_requests_total" in metrics and "xai_job_method_seconds_bucket" in metrics
+    assert 'route="/explain"' in metrics, "requests are counted by their route template"
