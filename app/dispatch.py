@@ -108,7 +108,9 @@ class EmbeddedDispatcher(Dispatcher):
         for name in self.host.served:
             self.telemetry.put_layers(name, self.host.layers(name))
         self.runner = JobRunner(self.records, self.telemetry, self.host, settings, owner="embedded")
-        self._pool = ThreadPoolExecutor(settings.embedded_workers, thread_name_prefix="xai-job")
+        self._pool = ThreadPoolExecutor(
+            settings.embedded_workers, thread_name_prefix="xai-job", initializer=self.runner.enter_thread
+        )
         self._slots = threading.BoundedSemaphore(settings.embedded_queue)
         self._waiting = 0
         self._count_lock = threading.Lock()

@@ -6,6 +6,7 @@ the limits); ``get_settings()`` caches it so tests can override by clearing the 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     max_images: int = Field(16, ge=1, description="Most images in one request.")
     max_top_k: int = Field(10, ge=1, description="Largest top-k of targets and predictions.")
     embedded_workers: int = Field(1, ge=1, le=8, description="Threads running jobs in the embedded mode.")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Torch threads of the jobs. Default: the cores, less one in the embedded mode (the API keeps it).",
+    )
     embedded_queue: int = Field(64, ge=1, description="Most jobs waiting in the embedded mode before 503.")
     host: str = Field("127.0.0.1", description="Address `xai serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `xai serve` binds.")
@@ -69,6 +76,14 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout(self) -> int:
         return self.visibility_timeout_s or self.job_time_limit_s + 60
+
+    @property
+    def job_threads(self) -> int:
+        """Torch's intra-op threads for running jobs."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0))
+        return max(1, cores - 1) if self.embedded else cores
 
     @property
     def embedded(self) -> bool:

@@ -68,6 +68,12 @@ class JobRunner:
         self.owner = owner
         self.timeout_errors = timeout_errors  # the transport's own "time is up" (Celery's soft time limit)
 
+    def enter_thread(self) -> None:
+        """Set up the thread that runs jobs: torch's threads (``Settings.job_threads``; per calling
+        thread with OpenMP). Off the main thread, a team as large as the cores ran GradCAM on
+        EfficientNet-Lite0 1.5-2x slower than a team one thread smaller (2 cores; docs/benchmarks.md)."""
+        torch.set_num_threads(self.settings.job_threads)
+
     def run(self, job_id: str) -> str:
         """Run the job if it is ours to run, with the compatible jobs waiting beside it; returns what
         happened to it (a state, or why it was not run)."""
@@ -100,15 +106,18 @@ class JobRunner:
 
     def _gather(self, spec: JobSpec) -> list[Job]:
         """Claim jobs sent for the same model with the same methods, up to the batch budget, waiting
-        ``batch_window_ms`` for them. A job taken off the hint list but not claimed keeps its message."""
+        up to ``batch_window_ms`` for more while others keep arriving. A job alone on the hint list
+        does not wait: nobody else was sending. A job taken off the hint list but not claimed keeps
+        its message."""
         budget = self.settings.batch_max_images - spec.image_count
         if budget <= 0:
             return []
         key, mates = batch_key(spec), []
         deadline = time.monotonic() + self.settings.batch_window_ms / 1000
         while budget > 0:
-            for job_id in self.records.queued(spec.model, 16):
-                other = None if job_id == spec.job_id else self.records.spec(job_id)
+            others = [job_id for job_id in self.records.queued(spec.model, 16) if job_id != spec.job_id]
+            for job_id in others:
+                other = self.records.spec(job_id)
                 if other is None or batch_key(other) != key or other.image_count > budget:
                     continue
                 lease = self.records.claim(job_id, self.owner, self.settings.lease_s, self.settings.max_attempts)[1]
@@ -116,7 +125,7 @@ class JobRunner:
                     mates.append(Job(lease, other))
                     budget -= other.image_count
             pause = deadline - time.monotonic()
-            if pause <= 0:
+            if pause <= 0 or not others:
                 break
             time.sleep(pause)
         if mates:

@@ -57,6 +57,8 @@ class WorkerProcess:
         self._stop = threading.Event()
 
     def start(self) -> None:
+        """On the thread that will run the tasks."""
+        self.runner.enter_thread()
         for target, name in ((self._load, "xai-load"), (self._beat, "xai-heartbeat"), (self._sweep, "xai-sweep")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
