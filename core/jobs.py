@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -57,6 +58,16 @@ class Lease:
         )
 
 
+@dataclass
+class MapSource:
+    job_id: str
+    attempt: int
+    spec: JobSpec
+    values: bytes  # core/render.py's map_bytes
+    pixels: bytes | None  # the photo's, when the job keeps them (it asked for overlays)
+    png: bytes | None  # drawn before, the same way
+
+
 class JobRecords:
     def __init__(self, kv: KeyValue, ttl_s: int) -> None:
         self.kv = kv
@@ -74,6 +85,7 @@ class JobRecords:
             "created_at": time.time(),
             "attempts": 0,
             "image_count": spec.image_count,
+            "keeps_pixels": "overlay" in spec.outputs,  # the API draws overlays on the photo after the end
         }
         effects: list[Effect] = [
             ("put", f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s) for index, data in enumerate(pixels)
@@ -212,15 +224,15 @@ class JobRecords:
         result: JobResult | None = None,
         error: ErrorInfo | None = None,
         timings_ms: dict[str, float] | None = None,
-        pngs: dict[str, bytes] | None = None,
+        maps: dict[str, bytes] | None = None,
     ) -> bool:
-        """Write the attempt's end, with its maps' PNGs (by name) in the same step; False when the lease
+        """Write the attempt's end, with its maps' values (by name) in the same step; False when the lease
         was lost (nothing was written)."""
-        maps: list[Effect] = [
-            ("put", f"{_PREFIX}{lease.job_id}:png:{lease.attempt}:{name}", png, self.ttl_s)
-            for name, png in (pngs or {}).items()
+        stored: list[Effect] = [
+            ("put", self._map_key(lease.job_id, lease.attempt, name), data, self.ttl_s)
+            for name, data in (maps or {}).items()
         ]
-        return self._end(lease.job_id, lease, state, maps, result=result, error=error, timings_ms=timings_ms)
+        return self._end(lease.job_id, lease, state, stored, result=result, error=error, timings_ms=timings_ms)
 
     def reclaim(self, job_id: str, max_attempts: int, time_limit_s: float) -> str | None:
         """A running job whose lease expired: back to queued (returns "queued": send its message
@@ -252,16 +264,38 @@ class JobRecords:
         return self.kv.below(LEASES, self.kv.now())
 
     # -- maps --
-    def png(self, job_id: str, name: str) -> bytes | None:
+    def map_source(self, job_id: str, image: int, name: str, png: str) -> MapSource | None:
+        """What the map ``name`` of a succeeded job is drawn from: the job's spec, the map's values, the
+        photo's pixels when they are kept, and the PNG ``png`` when it was drawn before. None: no such
+        job, not succeeded, or no such map."""
         record = self._record(job_id)
         if record is None or record["state"] != "succeeded":
             return None
-        return self.kv.get(f"{_PREFIX}{job_id}:png:{record['attempts']}:{name}")
+        attempt = int(record["attempts"])
+        spec, values, pixels, drawn = self.kv.get_many(
+            [
+                f"{_PREFIX}{job_id}:spec",
+                self._map_key(job_id, attempt, name),
+                f"{_PREFIX}{job_id}:pixels:{image}",
+                self._map_key(job_id, attempt, f"{name}.png:{png}"),
+            ]
+        )
+        if spec is None or values is None:
+            return None
+        return MapSource(job_id, attempt, JobSpec.model_validate_json(spec), values, pixels, drawn)
+
+    def keep_png(self, source: MapSource, name: str, png_name: str, png: bytes) -> None:
+        """Keep a drawn PNG for the next request of the same map, drawn the same way."""
+        self.kv.put(self._map_key(source.job_id, source.attempt, f"{name}.png:{png_name}"), png, self.ttl_s)
 
     # -- internals --
     @staticmethod
     def _key(job_id: str) -> str:
         return f"{_PREFIX}{job_id}"
+
+    @staticmethod
+    def _map_key(job_id: str, attempt: int, name: str) -> str:
+        return f"{_PREFIX}{job_id}:map:{attempt}:{name}"
 
     def _record(self, job_id: str) -> Document | None:
         raw = self.kv.get(self._key(job_id))
@@ -289,8 +323,10 @@ class JobRecords:
 
 def _released(job_id: str, record: Document | None, ended: Document | None = None) -> list[Effect]:
     """A job at its end: waiters are told (with the ended record when it is small), no lease to watch,
-    its pixels are no longer needed."""
-    image_count = 0 if record is None else int(record.get("image_count", 0))
+    its pixels are no longer needed (unless it succeeded and overlays are drawn on them)."""
+    succeeded = ended is not None and ended.get("state") == "succeeded"
+    keep = record is not None and bool(record.get("keeps_pixels")) and succeeded
+    image_count = 0 if record is None or keep else int(record.get("image_count", 0))
     pixels = [f"{_PREFIX}{job_id}:pixels:{index}" for index in range(image_count)]
     message = job_id
     if ended is not None and len(text := json.dumps(ended)) <= ENDED_RECORD_MAX:

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from core.methods import METHODS
+from core.render import heatmap, overlay
 from models.manifest import Manifest
 from models.preprocessing import map_to_photo, preprocess, to_rgb
 from models.registry import ModelRegistry
 from workers.methods import Context, all_calls, build_explainer, explain
 from workers.model_host import ModelHost
-from workers.render import heatmap, overlay
 
 # Cheaper settings than the service's defaults where a method has a cost knob: a photo in seconds.
 QUICK = {

@@ -4,7 +4,7 @@ No store and no state machine here. :func:`compute` takes the photos of one or m
 for the same methods with the same seed (a batch, see ``workers/job_runner.py``), runs one
 prediction pass and each method once over all their images, and calls ``checkpoint`` with the
 progress between batches (it raises to stop: cancelled, timed out, lease lost).
-:func:`result_of` turns one job's share into its :class:`JobResult`, rendering its maps.
+:func:`result_of` turns one job's share into its :class:`JobResult`, with its maps.
 """
 
 from __future__ import annotations
@@ -24,16 +24,11 @@ from core.methods import MethodCallBase
 from models.preprocessing import preprocess
 from workers.methods import Context, build_explainer, explain
 from workers.model_host import ModelHost
-from workers.rendering import PutPng, render_map
+from workers.rendering import PutMap, map_result
 from workers.xai import Explainer, TopTargets
 
 PREDICTIONS = 5  # classes listed per image (more when top_k asks for more)
 Checkpoint = Callable[[float], None]
-
-
-def photo_of(pixels: bytes, size: tuple[int, int]) -> Image.Image:
-    """The RGB photo the API decoded, from its pixels (no second decode)."""
-    return Image.frombuffer("RGB", size, pixels, "raw", "RGB", 0, 1)
 
 
 def batch_key(spec: JobSpec) -> str:
@@ -121,20 +116,18 @@ def compute(
     return per_job
 
 
-def result_of(
-    spec: JobSpec, photos: list[Image.Image], computed: list[Computed], host: ModelHost, put_png: PutPng
-) -> JobResult:
-    """One job's result from its share of :func:`compute`, its maps rendered as it asked."""
+def result_of(spec: JobSpec, computed: list[Computed], host: ModelHost, put_map: PutMap) -> JobResult:
+    """One job's result from its share of :func:`compute`, its maps in the forms it asked for."""
     manifest = host.manifest(spec.model)
     images = []
-    for index, (photo, image) in enumerate(zip(photos, computed, strict=True)):
+    for index, image in enumerate(computed):
         maps: list[MapResult] = []
         for call in spec.methods:
             for column, target in enumerate(image.targets):
                 values = image.maps[call.name][column].numpy()
-                rendered = render_map(spec, manifest, photo, index, call.name, target, values, put_png)
-                rendered.masks_used = image.masks_used.get(call.name)
-                maps.append(rendered)
+                found = map_result(spec, manifest, index, call.name, target, values, put_map)
+                found.masks_used = image.masks_used.get(call.name)
+                maps.append(found)
         images.append(
             ImageResult(
                 index=index,

@@ -24,11 +24,12 @@ from PIL import Image
 
 from core.contract import ErrorInfo, JobResult, JobSpec
 from core.errors import ErrorCode, ServiceError
+from core.images import photo_of
 from core.jobs import Claim, JobRecords, Lease
 from core.kv import STORE_ERRORS
 from core.settings import Settings
 from core.telemetry import Telemetry
-from workers.inference import batch_key, compute, photo_of, result_of
+from workers.inference import batch_key, compute, result_of
 from workers.model_host import ModelHost
 from workers.store_access import LeaseKeeper, StoreUnavailable, persist
 
@@ -163,13 +164,13 @@ class JobRunner:
         for job, share in zip(live, computed, strict=True):
             if job.outcome is not None:
                 continue  # cancelled or lost while the batch ran
-            pngs: dict[str, bytes] = {}
+            maps: dict[str, bytes] = {}
             try:
-                result = result_of(job.spec, job.photos, share, self.host, pngs.__setitem__)
+                result = result_of(job.spec, share, self.host, maps.__setitem__)
             except ServiceError as error:
                 self._end_now(job, "failed", error, timings)
                 continue
-            self._end(job, "succeeded", result=result, timings=timings, pngs=pngs)
+            self._end(job, "succeeded", result=result, timings=timings, maps=maps)
         succeeded = sum(job.outcome == "succeeded" for job in live)
         durations = [(method, ms / 1000) for method, ms in timings.items()] * succeeded
         try:
@@ -260,10 +261,10 @@ class JobRunner:
         result: JobResult | None = None,
         error: ErrorInfo | None = None,
         timings: dict[str, float],
-        pngs: dict[str, bytes] | None = None,
+        maps: dict[str, bytes] | None = None,
     ) -> None:
         written = persist(
-            lambda: self.records.finish(job.lease, state, result=result, error=error, timings_ms=timings, pngs=pngs),
+            lambda: self.records.finish(job.lease, state, result=result, error=error, timings_ms=timings, maps=maps),
             f"job {job.job_id}: write {state}",
         )
         if not written:

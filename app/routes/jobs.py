@@ -7,7 +7,8 @@ from typing import Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.deps import DispatcherDep, SettingsDep
+from app.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.maps import draw_map
 from app.routes.responses import ERRORS
 from core.contract import TERMINAL_STATES, JobView
 from core.errors import ErrorCode, ServiceError
@@ -61,14 +62,23 @@ async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: s
 )
 async def read_map(
     dispatcher: DispatcherDep,
+    registry: RegistryDep,
     job_id: str = JobId,
     image: int = Path(ge=0),
     method: str = Path(pattern=r"^[a-z_]+$"),
     target: int = Path(ge=0),
     form: Literal["heatmap", "overlay"] = Query("heatmap"),
+    colormap: Literal["inferno", "viridis", "gray"] | None = Query(None, description="Default: the job's."),
+    polarity: Literal["absolute", "positive", "negative"] | None = Query(None, description="Default: the job's."),
+    clip_percentile: float | None = Query(None, gt=0, le=100, description="Default: the job's."),
+    alpha: float | None = Query(None, ge=0, le=1, description="Opacity of an overlay. Default: the job's."),
 ) -> Response:
-    """A rendered map of a finished job, as PNG."""
-    png = await run_in_threadpool(dispatcher.records.png, job_id, f"{image}/{method}/{target}/{form}")
+    """A map of a finished job as PNG, drawn as the job's ``render`` options say, or recoloured by these
+    parameters (the job need not run again)."""
+    given = {"colormap": colormap, "polarity": polarity, "clip_percentile": clip_percentile, "alpha": alpha}
+    recolour = {key: value for key, value in given.items() if value is not None}
+    name = f"{image}/{method}/{target}"
+    png = await run_in_threadpool(draw_map, dispatcher.records, registry, job_id, image, name, form, recolour)
     if png is None:
         raise ServiceError(
             ErrorCode.map_not_found, f"job {job_id} has no {form} for image {image}, method {method!r}, target {target}"

@@ -160,3 +160,21 @@ def test_health(client):
     metrics = client.get("/metrics").text
     assert "xai_http_requests_total" in metrics and "xai_job_method_seconds_bucket" in metrics
     assert 'route="/explain"' in metrics, "requests are counted by their route template"
+
+
+def test_a_finished_map_is_recoloured_on_request_and_only_its_own_forms_are_served(client):
+    photo = shape_photos(1)[0]
+    response = client.post(
+        "/explain?wait=60",
+        json={"model": "lenet5-shapes", "methods": [{"name": "gradcam"}], "images": [b64(encode(photo))]},
+    )
+    assert response.status_code == 200, response.text
+    url = response.json()["result"]["images"][0]["maps"][0]["heatmap_url"]
+    inferno = np.asarray(png(client, url).convert("RGB")).astype(int)
+    gray = np.asarray(png(client, url + "?colormap=gray").convert("RGB")).astype(int)
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert (inferno[..., 0] != inferno[..., 2]).any(), "the job's own colour map is not gray"
+    assert np.array_equal(np.asarray(png(client, url).convert("RGB")), inferno), "drawn the same way again"
+    missing = client.get(url + "?form=overlay")  # the job asked for heatmaps only
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "map_not_found"
+    assert client.get(url + "?colormap=jet").status_code == 422

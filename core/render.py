@@ -1,6 +1,7 @@
 """Saliency maps to images: perceptual colormaps, a heatmap PNG and an overlay on the photo.
 
-Works on numpy arrays (no torch), so whatever produced the map, rendering is the same.
+Works on numpy arrays (no torch), so whatever produced the map, rendering is the same; the API
+renders a job's stored maps when a client asks for them (``GET /jobs/{id}/maps/...png``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+
+from core.contract import RenderOptions
+from models.manifest import Preprocessing
+from models.preprocessing import map_to_photo
 
 Polarity = Literal["absolute", "positive", "negative"]
 Colormap = Literal["inferno", "viridis", "gray"]
@@ -92,3 +97,36 @@ def overlay(
     if colored.size != photo.size:
         colored = colored.resize(photo.size, Image.Resampling.BILINEAR)
     return Image.blend(photo.convert("RGB"), colored, alpha)
+
+
+def map_bytes(values: np.ndarray) -> bytes:
+    """A map's values as stored for rendering: float32 ``.npy`` (float16 would flush the tiny values of
+    gradient maps to zero)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(values, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def map_from_bytes(data: bytes) -> np.ndarray:
+    values = np.load(io.BytesIO(data), allow_pickle=False)
+    if values.ndim != 2 or values.dtype != np.float32:
+        raise ValueError(f"a stored map must be a 2-D float32 array, got {values.dtype} {values.shape}")
+    return values
+
+
+def map_png(
+    values: np.ndarray,
+    options: RenderOptions,
+    *,
+    photo: Image.Image | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> bytes:
+    """The PNG of a map: its heatmap at the map's size, or, given the photo and the model's
+    preprocessing, the map laid over the part of the photo the network saw."""
+    shown = dict(colormap=options.colormap, polarity=options.polarity, clip_percentile=options.clip_percentile)
+    if photo is None:
+        return png_bytes(heatmap(values, **shown))
+    if preprocessing is None:
+        raise ValueError("an overlay needs the model's preprocessing")
+    on_photo = map_to_photo(values, photo.size, preprocessing)
+    return png_bytes(overlay(on_photo, photo, alpha=options.alpha, **shown))
