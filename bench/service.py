@@ -64,10 +64,12 @@ if TYPE_CHECKING:
 MODELS = ("efficientnet-lite0", "lenet5-shapes")
 MODES = ("embedded", "celery")
 PATH = "/explain?wait=30"
+PROCESS_COLUMNS = ("API + jobs", "API", "worker", "redis")
 # Targets of the work: single-client p50 overhead (efficientnet-lite0), and jobs/s under 16 clients
 # over the kernel's batch-1 rate, per model.
 OVERHEAD_TARGET_MS = {"efficientnet-lite0": 15.0}
 RATE_TARGET = {"efficientnet-lite0": 1.2, "lenet5-shapes": 0.3}
+OOD_TARGET = 0.05  # the OoD score's extra cost over a prediction
 
 
 # --- the images and the request ------------------------------------------------------------------
@@ -107,12 +109,14 @@ def kernel(models: list[str], seconds: float) -> dict[str, Any]:
     from models.preprocessing import preprocess
     from models.registry import ModelRegistry
     from workers.methods import Context
+    from workers.model_host import ModelHost
 
     registry = ModelRegistry()
+    host = ModelHost(registry, "cpu")
     found: dict[str, Any] = {}
     for name in models:
         manifest = registry.manifest(name)
-        network = registry.network(name)
+        network = host.network(name)
         data, what = image_file(name)
         photo = decode_image(data, max_bytes=len(data), max_pixels=10**9)
         x = torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
@@ -126,8 +130,49 @@ def kernel(models: list[str], seconds: float) -> dict[str, Any]:
             "median_ms": statistics.median(samples) * 1000,
             "rate": len(samples) / sum(samples),
             "runs": len(samples),
+            "ood": ood_cost(host, name, x, seconds),
         }
     return {"allocator": allocator_setting(), "machine": machine(), "models": found}
+
+
+def ood_cost(host: Any, name: str, x: torch.Tensor, seconds: float) -> dict[str, dict[str, float]]:
+    """Per batch size, the median ms of the job's prediction (``workers/inference.py``'s ``_predict``)
+    without and with the model's OoD score, run interleaved; empty for a model without an OoD head."""
+    import torch
+
+    from workers.inference import _predict
+
+    ood = host.ood_net(name)
+    if ood is None:
+        return {}
+    network = host.network(name)
+    found = {}
+    for batch in (1, 16):
+        inputs = x.repeat(batch, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+        plain, scored = interleaved(
+            lambda inputs=inputs: _predict(network, None, inputs),
+            lambda inputs=inputs: _predict(network, ood, inputs),
+            seconds,
+        )
+        found[str(batch)] = {"plain_ms": statistics.median(plain) * 1000, "ood_ms": statistics.median(scored) * 1000}
+    return found
+
+
+def interleaved(
+    first: Callable[[], object], second: Callable[[], object], seconds: float
+) -> tuple[list[float], list[float]]:
+    """Seconds per run of each, alternating, for ``seconds`` in all (at least 20 runs each)."""
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(3):
+        first(), second()
+    deadline = time.perf_counter() + seconds
+    while len(a) < 20 or time.perf_counter() < deadline:
+        for run, samples in ((first, a), (second, b)):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+    return a, b
 
 
 def gradcam_run(context: Context, x: torch.Tensor, targets: torch.Tensor) -> Callable[[], object]:
@@ -182,6 +227,25 @@ class Service:
     mode: str
     base: str
     allocators: dict[str, str]  # process -> its allocator setting
+    pids: dict[str, int] = field(default_factory=dict)  # process -> pid, for its CPU time
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and of its children that are still running (a worker's
+    prefork child), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
 @contextmanager
@@ -193,7 +257,8 @@ def running(mode: str, tmp: Path) -> Iterator[Service]:
         if mode == "embedded":
             api, base = start_api(tmp, "api-embedded")
             started.append(api)
-            yield Service(mode, base, {"API (jobs in-process)": process_allocator(api.process.pid)})
+            allocator = {"API (jobs in-process)": process_allocator(api.process.pid)}
+            yield Service(mode, base, allocator, {"API + jobs": api.process.pid})
         elif mode == "celery":
             server = RedisServer(tmp)
             server.start()
@@ -208,6 +273,7 @@ def running(mode: str, tmp: Path) -> Iterator[Service]:
                     "worker": process_allocator(worker.process.pid),
                     "API (no torch)": process_allocator(api.process.pid),
                 },
+                {"API": api.process.pid, "worker": worker.process.pid, "redis": server.process.pid},  # type: ignore[union-attr]
             )
         else:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -292,6 +358,7 @@ class Load:
     latencies_ms: list[float]
     other: Counter  # answers that were not a 200 with a succeeded job
     client_cpu_ms: float = 0.0  # the load generator's own CPU per answer
+    process_cpu_ms: dict[str, float] = field(default_factory=dict)  # per service process, CPU per answer
 
 
 class Connection:
@@ -373,8 +440,14 @@ async def _load(base: str, body: bytes, clients: int, seconds: float) -> Load:
     return found
 
 
-def load(base: str, body: bytes, clients: int, seconds: float) -> Load:
-    return asyncio.run(_load(base, body, clients, seconds))
+def load(base: str, body: bytes, clients: int, seconds: float, pids: dict[str, int] | None = None) -> Load:
+    """``clients`` concurrent clients for ``seconds``; with ``pids``, the CPU each process spent per answer."""
+    before = cpu_of(pids or {})
+    found = asyncio.run(_load(base, body, clients, seconds))
+    answers = max(1, found.jobs + sum(found.other.values()))
+    after = cpu_of(pids or {})
+    found.process_cpu_ms = {name: (after[name] - before[name]) * 1000 / answers for name in before}
+    return found
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -496,6 +569,39 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
             f"| {ratio:.3f} | {goal} | {met} | {p50} | {p95} | {row.load.client_cpu_ms:.2f} | {others} |"
         )
 
+    with_head = {name: found["ood"] for name, found in measured[0]["models"].items() if found.get("ood")}
+    if with_head:
+        print("\n### The OoD score's extra cost over a prediction (before the service runs, interleaved)\n")
+        print("| model | batch | prediction ms | with the OoD score ms | extra | target | met |")
+        print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+        for name, batches in with_head.items():
+            for batch, cost in batches.items():
+                extra = cost["ood_ms"] / cost["plain_ms"] - 1
+                print(
+                    f"| {name} | {batch} | {cost['plain_ms']:.3f} | {cost['ood_ms']:.3f} | {extra:+.1%} "
+                    f"| <= {OOD_TARGET:.0%} | {verdict(extra <= OOD_TARGET)} |"
+                )
+
+    print(f"\n### Where the cores went under {clients} clients: CPU ms per answered request\n")
+    print(
+        "The service's processes (a worker with its prefork child) and the load generator, from /proc; "
+        "the sum against the machine's cores gives the most requests/s this work could reach here.\n"
+    )
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"| mode | model | {' | '.join(PROCESS_COLUMNS)} | load client | sum | {cores} cores / sum, /s | measured /s |"
+    )
+    print("| --- | --- |" + " ---: |" * (len(PROCESS_COLUMNS) + 4))
+    for row in rows:
+        spent = row.load.process_cpu_ms
+        columns = [f"{spent[name]:.2f}" if name in spent else "—" for name in PROCESS_COLUMNS]
+        total = sum(spent.values()) + row.load.client_cpu_ms
+        rate = row.load.jobs / row.load.seconds
+        print(
+            f"| {row.mode} | {row.model} | {' | '.join(columns)} | {row.load.client_cpu_ms:.2f} | {total:.2f} "
+            f"| {cores * 1000 / total:.0f} | {rate:.1f} |"
+        )
+
     print("\nAllocator per process: kernel:", measured[0]["allocator"], end="")
     for mode, found in allocators.items():
         for process, setting in found.items():
@@ -568,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
                         note(f"{mode} {model}: one client, {args.requests} requests")
                         single = single_client(service.base, bodies[model], args.warmup, args.requests)
                         note(f"{mode} {model}: {args.clients} clients, {args.seconds:g} s")
-                        loaded = load(service.base, bodies[model], args.clients, args.seconds)
+                        loaded = load(service.base, bodies[model], args.clients, args.seconds, service.pids)
                         rows.append(Row(mode, model, single, loaded, args.clients))
             note("kernel again, after the service runs")
             measured.append(kernel_in_child(args.models, args.kernel_seconds))

@@ -179,7 +179,7 @@ def _predict(network: torch.nn.Module, ood, inputs: torch.Tensor) -> tuple[torch
         if ood.underlying is network and hasattr(network, "classify_features"):
             features = ood.features(inputs)
             logits = network.classify_features(features)
-            return F.softmax(logits.float(), dim=1), ood.cosine(features).amax(dim=1).tolist()
+            return F.softmax(logits.float(), dim=1), ood.score_features(features).tolist()
         return F.softmax(network(inputs).float(), dim=1), ood.ood_score(inputs).tolist()
 
 

@@ -258,3 +258,19 @@ def test_bad_training_arguments(lenet):
         ood_net.train(loader(64), epoch=0)
     with pytest.raises(TypeError, match="train_underlying must be a bool"):
         ood_net.prepare_train(train_underlying="yes")
+
+
+def test_the_score_of_features_is_the_max_cosine_and_follows_changed_weights(lenet):
+    """``score_features`` is ``cosine(...).amax(1)`` rearranged (the row's length taken out of the max,
+    the unit weights kept between calls): equal up to float32 rounding (1e-6 on values within [-1, 1]),
+    also after the weights change under it."""
+    ood = OoDNet(lenet, 10)
+    features = torch.randn(32, ood.h.weight.shape[1])
+    with torch.no_grad():
+        ood.feature_mean.copy_(torch.randn_like(ood.feature_mean) * 0.1)
+        torch.testing.assert_close(ood.score_features(features), ood.cosine(features).amax(dim=1), atol=1e-6, rtol=0)
+        ood.h.weight.mul_(-1.0)  # an in-place change: the kept unit weights must not be reused
+        torch.testing.assert_close(ood.score_features(features), ood.cosine(features).amax(dim=1), atol=1e-6, rtol=0)
+    weighted = ood.score_features(features.requires_grad_())  # with autograd: computed afresh, differentiable
+    weighted.sum().backward()
+    assert features.grad is not None and torch.isfinite(features.grad).all()

@@ -127,7 +127,28 @@ class OoDNet(nn.Module):
 
     def ood_score(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N,): ``max_i h_i(x)``, higher for more in-distribution inputs."""
-        return self.cosine(self.features(x)).amax(dim=1)
+        return self.score_features(self.features(x))
+
+    def score_features(self, features: Tensor) -> Tensor:
+        """(N, num_features) -> (N,): ``cosine(features).amax(dim=1)`` in half the operations: a row's
+        length is a positive factor, taken out of the max, and outside autograd the unit class weights
+        are computed once per change of the weights. Next to a small classifier every operation counts
+        (on LeNet-5 the score is a few per cent of a prediction this way; docs/benchmarks.md)."""
+        centred = features - self.feature_mean
+        return (centred @ self._unit_weights()).amax(dim=1) / (centred.norm(dim=1) + 1e-4)
+
+    def _unit_weights(self) -> Tensor:
+        """The class weights scaled to unit length, transposed: (num_features, num_classes)."""
+        weight = self.h.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return _normalise(weight).t()
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        cached = self.__dict__.get("_unit_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, _normalise(weight).t().contiguous())
+            self.__dict__["_unit_cache"] = cached
+        return cached[1]
 
     def set_train(self, mode: bool = True) -> OoDNet:
         """Training mode of the heads (the classifier's own flags are left alone)."""

@@ -89,7 +89,7 @@ class RISEPlus(RISE):
         else:
             features = self.ood_net.features(batch)
             probabilities = self.probabilities(batch)
-        return probabilities, self.ood_net.cosine(features).amax(dim=1)
+        return probabilities, self.ood_net.score_features(features)
 
     def inlier_scores(self, ood: Tensor, low: Tensor, high: Tensor) -> Tensor:
         """(B,) OoD scores, clipped to [low, high] and scaled to [0, 1]."""
