@@ -25,7 +25,7 @@ from typing import Any
 
 from core.contract import TERMINAL_STATES, ErrorInfo, JobResult, JobSpec, JobView
 from core.errors import ErrorCode
-from core.kv import Document, Effect, KeyValue
+from core.kv import Document, Effect, KeyValue, Transaction
 
 _PREFIX = "xai:job:"
 LEASES = "xai:leases"  # sorted set: job id -> lease expiry
@@ -56,6 +56,18 @@ class Lease:
             and record.get("lease_owner") == self.owner
             and record.get("attempts") == self.attempt
         )
+
+
+@dataclass
+class End:
+    """How an attempt ends (:meth:`JobRecords.finish`)."""
+
+    lease: Lease
+    state: str
+    result: JobResult | None = None
+    error: ErrorInfo | None = None
+    timings_ms: dict[str, float] | None = None
+    maps: dict[str, bytes] | None = None
 
 
 @dataclass
@@ -130,9 +142,20 @@ class JobRecords:
         raw = self.kv.get(f"{_PREFIX}{job_id}:spec")
         return None if raw is None else JobSpec.model_validate_json(raw)
 
-    def pixels(self, job_id: str, count: int) -> list[bytes | None]:
-        """The decoded pixels of the job's ``count`` images (None where they expired)."""
-        return self.kv.get_many([f"{_PREFIX}{job_id}:pixels:{index}" for index in range(count)])
+    def specs(self, job_ids: list[str]) -> list[JobSpec | None]:
+        """:meth:`spec` of each job, in one round trip."""
+        raws = self.kv.get_many([f"{_PREFIX}{job_id}:spec" for job_id in job_ids])
+        return [None if raw is None else JobSpec.model_validate_json(raw) for raw in raws]
+
+    def pixels(self, jobs: list[tuple[str, int]]) -> list[list[bytes | None]]:
+        """For each (job id, image count), the decoded pixels of its images (None where they expired),
+        in one round trip."""
+        keys = [f"{_PREFIX}{job_id}:pixels:{index}" for job_id, count in jobs for index in range(count)]
+        found, start, per_job = self.kv.get_many(keys), 0, []
+        for _, count in jobs:
+            per_job.append(found[start : start + count])
+            start += count
+        return per_job
 
     def queued(self, model: str, count: int) -> list[str]:
         """Up to ``count`` ids of jobs sent for ``model``, oldest first, taken off the list: candidates a
@@ -145,7 +168,23 @@ class JobRecords:
     ) -> tuple[Claim, Lease | None]:
         """Take the job's lease for a new attempt, if nobody holds it, attempts remain and the last
         attempt did not run into the time limit."""
+        return self.claim_many([job_id], owner, lease_s, max_attempts, time_limit_s)[0]
 
+    def claim_many(
+        self, job_ids: list[str], owner: str, lease_s: float, max_attempts: int, time_limit_s: float = float("inf")
+    ) -> list[tuple[Claim, Lease | None]]:
+        """:meth:`claim` for each job, in one pass over the store."""
+        claims = [self._claim(job_id, owner, lease_s, max_attempts, time_limit_s) for job_id in job_ids]
+        outcomes = self.kv.transact_many([transaction for transaction, _ in claims])
+        return [
+            (outcome, Lease(job_id, owner, taken["attempts"]) if outcome is Claim.run else None)
+            for job_id, outcome, (_, taken) in zip(job_ids, outcomes, claims, strict=True)
+        ]
+
+    def _claim(
+        self, job_id: str, owner: str, lease_s: float, max_attempts: int, time_limit_s: float
+    ) -> tuple[Transaction[Claim], dict[str, Any]]:
+        """The claim's transaction, and what it writes once it ran."""
         taken: dict[str, Any] = {}
 
         def change(record: Document | None, now: float) -> tuple[Document | None, Claim]:
@@ -180,8 +219,7 @@ class JobRecords:
                 return [("index", LEASES, job_id, taken["lease_until"])]
             return _released(job_id, record) if outcome in (Claim.exhausted, Claim.cancelled) else []
 
-        outcome = self.kv.transact(self._key(job_id), change, self.ttl_s, effects)
-        return outcome, (Lease(job_id, owner, taken["attempts"]) if outcome is Claim.run else None)
+        return Transaction(self._key(job_id), change, self.ttl_s, effects), taken
 
     def renew(self, lease: Lease, lease_s: float) -> tuple[bool, bool]:
         """Extend the lease. (still held, cancellation requested)."""
@@ -228,11 +266,19 @@ class JobRecords:
     ) -> bool:
         """Write the attempt's end, with its maps' values (by name) in the same step; False when the lease
         was lost (nothing was written)."""
-        stored: list[Effect] = [
-            ("put", self._map_key(lease.job_id, lease.attempt, name), data, self.ttl_s)
-            for name, data in (maps or {}).items()
-        ]
-        return self._end(lease.job_id, lease, state, stored, result=result, error=error, timings_ms=timings_ms)
+        return self.finish_many([End(lease, state, result, error, timings_ms, maps)])[0]
+
+    def finish_many(self, ends: list[End]) -> list[bool]:
+        """:meth:`finish` for each job, in one pass over the store."""
+        transactions = []
+        for end in ends:
+            stored: list[Effect] = [
+                ("put", self._map_key(end.lease.job_id, end.lease.attempt, name), data, self.ttl_s)
+                for name, data in (end.maps or {}).items()
+            ]
+            fields = {"result": end.result, "error": end.error, "timings_ms": end.timings_ms}
+            transactions.append(self._end_transaction(end.lease.job_id, end.lease, end.state, stored, **fields))
+        return self.kv.transact_many(transactions)
 
     def reclaim(self, job_id: str, max_attempts: int, time_limit_s: float) -> str | None:
         """A running job whose lease expired: back to queued (returns "queued": send its message
@@ -301,9 +347,12 @@ class JobRecords:
         raw = self.kv.get(self._key(job_id))
         return None if raw is None else json.loads(raw)
 
-    def _end(
-        self, job_id: str, lease: Lease | None, state: str, extra: list[Effect] | None = None, **fields: Any
-    ) -> bool:
+    def _end(self, job_id: str, lease: Lease | None, state: str, **fields: Any) -> bool:
+        return self.kv.transact_many([self._end_transaction(job_id, lease, state, [], **fields)])[0]
+
+    def _end_transaction(
+        self, job_id: str, lease: Lease | None, state: str, extra: list[Effect], **fields: Any
+    ) -> Transaction[bool]:
         ended: Document = {}
 
         def change(record: Document | None, now: float) -> tuple[Document | None, bool]:
@@ -316,9 +365,9 @@ class JobRecords:
             return ended, True
 
         def effects(written: bool, record: Document | None) -> list[Effect]:
-            return [*(extra or []), *_released(job_id, record, ended)] if written else []
+            return [*extra, *_released(job_id, record, ended)] if written else []
 
-        return self.kv.transact(self._key(job_id), change, self.ttl_s, effects)
+        return Transaction(self._key(job_id), change, self.ttl_s, effects)
 
 
 def _released(job_id: str, record: Document | None, ended: Document | None = None) -> list[Effect]:

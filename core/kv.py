@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -36,6 +37,16 @@ Effect = tuple[Any, ...]
 Change = Callable[[Document | None, float], tuple[Document | None, Outcome]]
 # What else the transaction writes, from its outcome and the document as it was read.
 Effects = Callable[[Outcome, Document | None], Sequence[Effect]]
+
+
+@dataclass
+class Transaction(Generic[Outcome]):
+    """A change of the JSON document at ``key`` and its effects (:meth:`KeyValue.transact`)."""
+
+    key: str
+    change: Change[Outcome]
+    ttl_s: float
+    effects: Effects[Outcome] | None = None
 
 
 class KeyValue(ABC):
@@ -54,13 +65,18 @@ class KeyValue(ABC):
     def apply(self, effects: Sequence[Effect]) -> None:
         """Apply the effects in order, in one round trip, atomically."""
 
-    @abstractmethod
     def transact(
         self, key: str, change: Change[Outcome], ttl_s: float, effects: Effects[Outcome] | None = None
     ) -> Outcome:
         """Apply ``change`` to the JSON document at ``key`` atomically, with ``effects(outcome, document
         as read)`` in the same step; a new document keeps the key's TTL, or gets ``ttl_s`` when the key
         did not exist."""
+        return self.transact_many([Transaction(key, change, ttl_s, effects)])[0]
+
+    @abstractmethod
+    def transact_many(self, transactions: Sequence[Transaction[Any]]) -> list[Any]:
+        """Several transactions (on different keys), each atomic on its own, in as few round trips as
+        the store allows; their outcomes in order."""
 
     @abstractmethod
     def fields(self, key: str) -> dict[str, float]: ...

@@ -6,8 +6,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from core.kv import Change, Effect, Effects, KeyValue, Listener, Outcome
+from core.kv import Effect, KeyValue, Listener, Transaction
 
 
 class MemoryKeyValue(KeyValue):
@@ -45,19 +46,23 @@ class MemoryKeyValue(KeyValue):
             published = self._apply(effects)
         self._tell(published)
 
-    def transact(
-        self, key: str, change: Change[Outcome], ttl_s: float, effects: Effects[Outcome] | None = None
-    ) -> Outcome:
+    def transact_many(self, transactions: Sequence[Transaction[Any]]) -> list[Any]:
+        outcomes, published = [], []
         with self._lock:
-            raw = self._live(key)
-            read = None if raw is None else json.loads(raw)
-            document, outcome = change(read, self.now())
-            if document is not None:
-                deadline = self._data[key][0] if raw is not None else time.monotonic() + ttl_s
-                self._data[key] = (deadline, json.dumps(document).encode())
-            published = self._apply(effects(outcome, read) if effects is not None else [])
+            for transaction in transactions:
+                raw = self._live(transaction.key)
+                read = None if raw is None else json.loads(raw)
+                document, outcome = transaction.change(read, self.now())
+                if document is not None:
+                    deadline = (
+                        self._data[transaction.key][0] if raw is not None else time.monotonic() + transaction.ttl_s
+                    )
+                    self._data[transaction.key] = (deadline, json.dumps(document).encode())
+                effects = transaction.effects(outcome, read) if transaction.effects is not None else []
+                published += self._apply(effects)
+                outcomes.append(outcome)
         self._tell(published)
-        return outcome
+        return outcomes
 
     def _apply(self, effects: Sequence[Effect]) -> list[tuple[str, str]]:
         """Apply the effects (the lock held); the messages to publish once it is released."""

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from core.kv import STORE_ERRORS, Change, Effect, Effects, KeyValue, Listener, Outcome
+from core.kv import STORE_ERRORS, Effect, KeyValue, Listener, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -100,26 +100,40 @@ class RedisKeyValue(KeyValue):
                     pipe.execute_command(*command)
             pipe.execute()
 
-    def transact(
-        self, key: str, change: Change[Outcome], ttl_s: float, effects: Effects[Outcome] | None = None
-    ) -> Outcome:
-        while True:
+    def transact_many(self, transactions: Sequence[Transaction[Any]]) -> list[Any]:
+        """One pipelined read of every document and the clock, then one pipeline of compare-and-set
+        scripts; the transactions whose document changed meanwhile go round again."""
+        outcomes: list[Any] = [None] * len(transactions)
+        pending = list(range(len(transactions)))
+        while pending:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.get(key)
+                for index in pending:
+                    pipe.get(transactions[index].key)
                 pipe.time()
-                raw, (seconds, microseconds) = pipe.execute()
-            read = None if raw is None else json.loads(raw)
-            document, outcome = change(read, seconds + microseconds / 1e6)
-            extra = list(effects(outcome, read)) if effects is not None else []
-            if document is None and not extra:
-                return outcome
-            args: list[Any] = ["0" if raw is None else "1", raw or b""]
-            args += ["0", b"", 0] if document is None else ["1", json.dumps(document), _ms(ttl_s)]
-            for effect in extra:
-                for command in commands(effect):
-                    args += [len(command), *command]
-            if self._compare_and_set(keys=[key], args=args):
-                return outcome
+                *raws, (seconds, microseconds) = pipe.execute()
+            now = seconds + microseconds / 1e6
+            writes: list[tuple[int, list[Any]]] = []
+            for index, raw in zip(pending, raws, strict=True):
+                transaction = transactions[index]
+                read = None if raw is None else json.loads(raw)
+                document, outcomes[index] = transaction.change(read, now)
+                extra = list(transaction.effects(outcomes[index], read)) if transaction.effects is not None else []
+                if document is None and not extra:
+                    continue
+                args: list[Any] = ["0" if raw is None else "1", raw or b""]
+                args += ["0", b"", 0] if document is None else ["1", json.dumps(document), _ms(transaction.ttl_s)]
+                for effect in extra:
+                    for command in commands(effect):
+                        args += [len(command), *command]
+                writes.append((index, args))
+            if not writes:
+                break
+            with self.client.pipeline(transaction=False) as pipe:
+                for index, args in writes:
+                    self._compare_and_set(keys=[transactions[index].key], args=args, client=pipe)
+                landed = pipe.execute()
+            pending = [index for (index, _), done in zip(writes, landed, strict=True) if not done]
+        return outcomes
 
     def fields(self, key: str) -> dict[str, float]:
         return {k.decode(): float(v) for k, v in self.client.hgetall(key).items()}

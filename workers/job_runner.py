@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from core.contract import ErrorInfo, JobResult, JobSpec
+from core.contract import ErrorInfo, JobSpec
 from core.errors import ErrorCode, ServiceError
 from core.images import photo_of
-from core.jobs import Claim, JobRecords, Lease
+from core.jobs import Claim, End, JobRecords, Lease
 from core.kv import STORE_ERRORS
 from core.settings import Settings
 from core.telemetry import Telemetry
@@ -117,14 +117,20 @@ class JobRunner:
         deadline = time.monotonic() + self.settings.batch_window_ms / 1000
         while budget > 0:
             others = [job_id for job_id in self.records.queued(spec.model, 16) if job_id != spec.job_id]
-            for job_id in others:
-                other = self.records.spec(job_id)
-                if other is None or batch_key(other) != key or other.image_count > budget:
-                    continue
-                lease = self.records.claim(job_id, self.owner, self.settings.lease_s, self.settings.max_attempts)[1]
+            fitting: list[JobSpec] = []
+            for other in self.records.specs(others) if others else []:
+                if other is not None and batch_key(other) == key and other.image_count <= budget:
+                    fitting.append(other)
+                    budget -= other.image_count
+            settings = self.settings
+            claims = self.records.claim_many(
+                [other.job_id for other in fitting], self.owner, settings.lease_s, settings.max_attempts
+            )
+            for other, (_, lease) in zip(fitting, claims, strict=True):
                 if lease is not None:
                     mates.append(Job(lease, other))
-                    budget -= other.image_count
+                else:
+                    budget += other.image_count  # not ours after all
             pause = deadline - time.monotonic()
             if pause <= 0 or not others:
                 break
@@ -135,11 +141,7 @@ class JobRunner:
 
     def _attempt(self, jobs: list[Job], keeper: LeaseKeeper) -> None:
         """Run the batch to the end of every job in it."""
-        for job in jobs:
-            try:
-                job.photos = self._photos(job)
-            except ServiceError as error:
-                self._end_now(job, "failed", error)
+        self._photos(jobs)
         live = [job for job in jobs if job.outcome is None]
         if not live:
             return
@@ -161,6 +163,7 @@ class JobRunner:
                 raise
             self._failed(live, error, keeper, timings)
             return
+        ends: list[tuple[Job, End]] = []
         for job, share in zip(live, computed, strict=True):
             if job.outcome is not None:
                 continue  # cancelled or lost while the batch ran
@@ -168,9 +171,11 @@ class JobRunner:
             try:
                 result = result_of(job.spec, share, self.host, maps.__setitem__)
             except ServiceError as error:
-                self._end_now(job, "failed", error, timings)
+                info = ErrorInfo(code=error.code, message=error.message, field=error.field)
+                ends.append((job, End(job.lease, "failed", error=info, timings_ms=timings)))
                 continue
-            self._end(job, "succeeded", result=result, timings=timings, maps=maps)
+            ends.append((job, End(job.lease, "succeeded", result=result, timings_ms=timings, maps=maps)))
+        self._end_all(ends)
         succeeded = sum(job.outcome == "succeeded" for job in live)
         durations = [(method, ms / 1000) for method, ms in timings.items()] * succeeded
         try:
@@ -203,13 +208,15 @@ class JobRunner:
                 message = "the worker failed to run the job"
                 self._end_now(job, "failed", ServiceError(ErrorCode.internal, message), timings)
 
-    def _photos(self, job: Job) -> list[Image.Image]:
-        count = job.spec.image_count
-        pixels = persist(lambda: self.records.pixels(job.job_id, count), "read the pixels")
-        found = [data for data in pixels if data is not None]
-        if len(found) < count:
-            raise ServiceError(ErrorCode.expired, "the job's images expired before it ran")
-        return [photo_of(data, size) for data, size in zip(found, job.spec.image_sizes, strict=True)]
+    def _photos(self, jobs: list[Job]) -> None:
+        """Every job's photos, read in one round trip; a job whose images expired fails alone."""
+        pixels = persist(lambda: self.records.pixels([(job.job_id, job.spec.image_count) for job in jobs]), "read")
+        for job, found in zip(jobs, pixels, strict=True):
+            stored = [data for data in found if data is not None]
+            if len(stored) < job.spec.image_count:
+                self._end_now(job, "failed", ServiceError(ErrorCode.expired, "the job's images expired before it ran"))
+                continue
+            job.photos = [photo_of(data, size) for data, size in zip(stored, job.spec.image_sizes, strict=True)]
 
     def _checkpoint(self, live: list[Job], keeper: LeaseKeeper) -> Callable[[float], None]:
         """Between batches of the kernels: jobs cancelled or lost leave the batch (the others go on);
@@ -250,26 +257,23 @@ class JobRunner:
     def _end_now(self, job: Job, state: str, error: ServiceError, timings: dict[str, float] | None = None) -> None:
         info = ErrorInfo(code=error.code, message=error.message, field=error.field)
         self._end(job, state, error=info, timings=timings or {})
-        if job.outcome == "failed":
-            self.telemetry.record_failure(info.code)
 
-    def _end(
-        self,
-        job: Job,
-        state: str,
-        *,
-        result: JobResult | None = None,
-        error: ErrorInfo | None = None,
-        timings: dict[str, float],
-        maps: dict[str, bytes] | None = None,
-    ) -> None:
-        written = persist(
-            lambda: self.records.finish(job.lease, state, result=result, error=error, timings_ms=timings, maps=maps),
-            f"job {job.job_id}: write {state}",
-        )
-        if not written:
-            log.warning("job %s: %s not written, the lease was lost", job.job_id, state)
-        job.outcome = state if written else "lease_lost"
+    def _end(self, job: Job, state: str, *, error: ErrorInfo | None = None, timings: dict[str, float]) -> None:
+        self._end_all([(job, End(job.lease, state, error=error, timings_ms=timings))])
+
+    def _end_all(self, ends: list[tuple[Job, End]]) -> None:
+        """Write the ends of several jobs in one pass (tried again while the store is away); a job whose
+        lease was lost writes nothing."""
+        if not ends:
+            return
+        names = ", ".join(job.job_id for job, _ in ends)
+        written = persist(lambda: self.records.finish_many([end for _, end in ends]), f"jobs {names}: write the end")
+        for (job, end), landed in zip(ends, written, strict=True):
+            if not landed:
+                log.warning("job %s: %s not written, the lease was lost", job.job_id, end.state)
+            job.outcome = end.state if landed else "lease_lost"
+            if landed and end.state == "failed" and end.error is not None:
+                self.telemetry.record_failure(end.error.code)
 
 
 class JobTimeout(Exception):

@@ -74,7 +74,7 @@ def test_an_expired_lease_is_reclaimed_and_the_old_attempt_is_fenced_off(records
     assert records.finish(second, "succeeded", result=JobResult(model="lenet5-shapes", images=[])) is True
     view = records.view(job)
     assert view.state == "succeeded" and view.attempts == 2 and view.error is None
-    assert records.pixels(job, 2) == [None, None], "the pixels go with the job's end"
+    assert records.pixels([(job, 2)]) == [[None, None]], "the pixels go with the job's end"
     assert records.expired_leases() == []
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.kv import KeyValue
+from core.kv import KeyValue, Transaction
 from core.kv_memory import MemoryKeyValue
 from core.kv_redis import RedisKeyValue
 from tests.core.test_jobs import redis_for_records  # noqa: F401 - the fixture
@@ -61,3 +61,29 @@ def test_a_new_document_gets_the_ttl_and_a_changed_one_keeps_it(kv):
     assert kv.transact("doc", lambda record, now: (None, record), 60) == {"v": 2}
     threading.Event().wait(0.6)
     assert kv.get("doc") is None
+
+
+def test_many_transactions_in_one_pass_each_land_once_under_contention(kv):
+    """transact_many over 20 documents from two threads at once: every document ends at 2 x 25, and
+    the outcomes come back in the order of the transactions."""
+    keys = [f"doc{index}" for index in range(20)]
+
+    def increment(record, now):
+        count = 0 if record is None else record["count"]
+        return {"count": count + 1}, count + 1
+
+    seen: list[list[int]] = []
+
+    def work() -> None:
+        for _ in range(25):
+            seen.append(kv.transact_many([Transaction(key, increment, 60) for key in keys]))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    final = kv.transact_many([Transaction(key, lambda record, now: (None, record["count"]), 60) for key in keys])
+    assert final == [50] * 20
+    assert all(len(outcomes) == 20 for outcomes in seen)
+    assert sorted(outcomes[0] for outcomes in seen) == list(range(1, 51)), "each pass saw its own increment"
