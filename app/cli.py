@@ -56,6 +56,22 @@ def worker_health(settings: Settings) -> int:
     return 1
 
 
+def _keys(action: str) -> None:
+    """``xai keys new``: a new key (give it to the client) and its hash (give it to the service).
+    ``xai keys hash``: the hash of the key on stdin (not an argument: it would stay in the shell's history)."""
+    from app.auth import hash_key, new_key
+
+    if action == "new":
+        key = new_key()
+        print(f"key:  {key}\nhash: {hash_key(key)}\n\nSet XAI_API_KEYS to the hash (several: comma-separated),")
+        print("or add it as a line of the file XAI_API_KEYS_FILE names. The key is shown only here.")
+    else:
+        key = sys.stdin.readline().strip()
+        if not key:
+            sys.exit("no key on stdin")
+        print(hash_key(key))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="xai", description="xai-service")
@@ -63,11 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run the HTTP API")
     commands.add_parser("worker", help="run a Celery worker (python -m workers.worker --help)", add_help=False)
     commands.add_parser("worker-health", help="exit 0 when this host's worker serves its models")
+    keys = commands.add_parser("keys", help="API keys")
+    keys.add_argument("action", choices=["new", "hash"], help="new: make a key; hash: hash a key read from stdin")
     spec = commands.add_parser("openapi", help="write openapi/openapi.json")
     spec.add_argument("--check", action="store_true", help="fail when the committed file differs")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "keys":
+        _keys(args.action)
+        return
     settings = get_settings()
 
     if args.command == "openapi":

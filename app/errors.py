@@ -1,8 +1,8 @@
 """One error shape for every 4xx/5xx: ``{"error": {"code", "message", "field"}}``.
 
 The codes and their statuses are ``core/errors.py``; this module turns every failure of a request
-into that shape. A 503 carries ``Retry-After``. No traceback ever leaves the server: anything
-unexpected is logged and answered as ``internal``.
+into that shape. A 503 carries ``Retry-After``, a 401 ``WWW-Authenticate``. No traceback ever leaves
+the server: anything unexpected is logged and answered as ``internal``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 def error_response(code: ErrorCode, message: str, field: str | None = None) -> JSONResponse:
     status = status_of(code)
     headers = {"Retry-After": str(status.retry_after_s or 5)} if status.http == 503 else None
+    if status.http == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="xai-service"'}
     body = {"error": {"code": code.value, "message": message, "field": field}}
     return JSONResponse(body, status_code=status.http, headers=headers)
 

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app import errors
+from app import access_log, errors
+from app.auth import Keys
 from app.dispatch import Dispatcher, make_dispatcher
 from app.metrics import Metrics, RequestMetrics
 from app.routes import catalog, explain, health, jobs, predict
@@ -38,7 +39,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app = FastAPI(title="xai-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.keys = Keys(settings.key_hashes())
+    app.state.metrics_keys = Keys(settings.metrics_keys) if settings.metrics_keys else app.state.keys
     errors.install(app)
+    access_log.install()
 
     app.add_middleware(RequestMetrics)
 

@@ -20,6 +20,7 @@ def draw_map(
     records: JobRecords,
     registry: ModelRegistry,
     job_id: str,
+    owner: str | None,
     image: int,
     name: str,
     form: str,
@@ -28,7 +29,7 @@ def draw_map(
     """The PNG of map ``name`` (``image/method/target``) of a succeeded job in ``form``, coloured as the
     job asked but for ``recolour`` (fields of :class:`RenderOptions`). None: no such map or form."""
     drawn_as = form + "".join(f";{key}={value}" for key, value in sorted(recolour.items()))
-    source = records.map_source(job_id, image, name, drawn_as)
+    source = records.map_source(job_id, owner, image, name, drawn_as)
     if source is None or form not in source.spec.outputs:
         return None
     if source.png is not None:

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 
 class ErrorCode(StrEnum):
+    unauthorized = "unauthorized"
     invalid_request = "invalid_request"
     invalid_parameter = "invalid_parameter"
     invalid_image = "invalid_image"
@@ -47,6 +48,7 @@ class Status:
 
 
 STATUS: dict[ErrorCode, Status] = {
+    ErrorCode.unauthorized: Status(401),
     ErrorCode.invalid_request: Status(422),
     ErrorCode.invalid_parameter: Status(422),
     ErrorCode.invalid_image: Status(422),

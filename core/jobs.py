@@ -86,8 +86,9 @@ class JobRecords:
         self.ttl_s = ttl_s
 
     # -- the API's side --
-    def create(self, spec: JobSpec, pixels: list[bytes]) -> JobView:
-        """Store the spec, the decoded pixels, and a queued record, in one step."""
+    def create(self, spec: JobSpec, pixels: list[bytes], owner: str | None = None) -> JobView:
+        """Store the spec, the decoded pixels, and a queued record, in one step. ``owner``: the API key
+        that created it, the only one that sees it (None: no keys)."""
         record = {
             "job_id": spec.job_id,
             "state": "queued",
@@ -97,7 +98,8 @@ class JobRecords:
             "created_at": time.time(),
             "attempts": 0,
             "image_count": spec.image_count,
-            "keeps_pixels": "overlay" in spec.outputs,  # the API draws overlays on the photo after the end
+            "keeps_pixels": "overlay" in spec.outputs,
+            "owner": owner,  # the API draws overlays on the photo after the end
         }
         effects: list[Effect] = [
             ("put", f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s) for index, data in enumerate(pixels)
@@ -110,9 +112,13 @@ class JobRecords:
         self.kv.apply(effects)
         return _view(record)
 
-    def view(self, job_id: str) -> JobView | None:
+    def view(self, job_id: str, caller: str | None = None) -> JobView | None:
+        """The job as a client sees it; None when there is no such job, or it is another key's."""
         raw = self.kv.get(self._key(job_id))
-        return None if raw is None else view_of(raw)
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return _view(record) if _visible(record, caller) else None
 
     def fail(self, job_id: str, code: ErrorCode, message: str) -> None:
         """End a job that never reached a worker (its message could not be sent, the queue is full)."""
@@ -310,12 +316,12 @@ class JobRecords:
         return self.kv.below(LEASES, self.kv.now())
 
     # -- maps --
-    def map_source(self, job_id: str, image: int, name: str, png: str) -> MapSource | None:
+    def map_source(self, job_id: str, caller: str | None, image: int, name: str, png: str) -> MapSource | None:
         """What the map ``name`` of a succeeded job is drawn from: the job's spec, the map's values, the
         photo's pixels when they are kept, and the PNG ``png`` when it was drawn before. None: no such
         job, not succeeded, or no such map."""
         record = self._record(job_id)
-        if record is None or record["state"] != "succeeded":
+        if record is None or record["state"] != "succeeded" or not _visible(record, caller):
             return None
         attempt = int(record["attempts"])
         spec, values, pixels, drawn = self.kv.get_many(
@@ -401,6 +407,11 @@ def _ended(record: dict[str, Any], state: str, **fields: Any) -> dict[str, Any]:
     if state == "succeeded":
         ended["progress"] = 1.0
     return ended
+
+
+def _visible(record: Document, caller: str | None) -> bool:
+    """With API keys (a caller), a job is visible only to the key that created it."""
+    return caller is None or record.get("owner") == caller
 
 
 def _timed_out(record: dict[str, Any], time_limit_s: float) -> bool:

@@ -7,6 +7,7 @@ the limits); ``get_settings()`` caches it so tests can override by clearing the 
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -58,15 +59,43 @@ class Settings(BaseSettings):
         description="Torch threads of the jobs. Default: the cores, less one in the embedded mode (the API keeps it).",
     )
     embedded_queue: int = Field(64, ge=1, description="Most jobs waiting in the embedded mode before 503.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Comma-separated hashes (sha256:<hex>, `xai keys new`) of the API keys. None: no key needed.",
+    )
+    api_keys_file: Path | None = Field(None, description="A file of more key hashes, one per line (# comments).")
+    metrics_keys: Annotated[list[str], NoDecode] = Field(
+        [], description="Hashes of the keys /metrics takes instead of the API keys (a scraper's)."
+    )
     host: str = Field("127.0.0.1", description="Address `xai serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `xai serve` binds.")
 
-    @field_validator("model_dirs", "worker_models", mode="before")
+    @field_validator("model_dirs", "worker_models", "api_keys", "metrics_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("api_keys", "metrics_keys")
+    @classmethod
+    def _key_hashes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            check_key_hash(item)
+        return value
+
+    def key_hashes(self) -> list[str]:
+        """The API keys' hashes: ``api_keys`` and the lines of ``api_keys_file``."""
+        found = list(self.api_keys)
+        if self.api_keys_file is not None:
+            for number, line in enumerate(self.api_keys_file.read_text().splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    try:
+                        found.append(check_key_hash(line))
+                    except ValueError as error:
+                        raise ValueError(f"{self.api_keys_file}:{number}: {error}") from None
+        return found
 
     @property
     def max_request_bytes(self) -> int:
@@ -88,6 +117,15 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+
+KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def check_key_hash(text: str) -> str:
+    if not KEY_HASH.match(text):
+        raise ValueError("an API key is given by its hash, sha256:<64 hex digits> (`xai keys new` makes one)")
+    return text
 
 
 @lru_cache

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from app.auth import caller
 from app.deps import DispatcherDep, RegistryDep
 from app.routes.responses import ERRORS
 from app.validation import manifest_of
@@ -16,7 +17,7 @@ from core.kv import STORE_ERRORS
 from core.methods import METHODS
 from models.manifest import Manifest
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], dependencies=[Depends(caller)])
 
 
 class ModelSummary(BaseModel):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from app.auth import metrics_caller
 from app.deps import DispatcherDep
 from core.errors import ErrorCode, status_of
 
@@ -36,7 +37,7 @@ async def readyz(dispatcher: DispatcherDep) -> JSONResponse:
 @router.get(
     "/metrics", operation_id="metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _: str | None = Depends(metrics_caller)) -> Response:
     """Prometheus text format."""
     text, content_type = await run_in_threadpool(request.app.state.metrics.render)
     return Response(text, media_type=content_type)

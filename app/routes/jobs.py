@@ -7,6 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
+from app.auth import CallerDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.maps import draw_map
 from app.routes.responses import ERRORS
@@ -26,9 +27,9 @@ def _missing(job_id: str, ttl_s: int) -> ServiceError:
 
 
 @router.get("/{job_id}", response_model=JobView, operation_id="get_job", responses=ERRORS)
-async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
+async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, owner: CallerDep, job_id: str = JobId) -> JobView:
     """The job's state, progress, timings, and its result or error."""
-    view = await run_in_threadpool(dispatcher.records.view, job_id)
+    view = await run_in_threadpool(dispatcher.records.view, job_id, owner)
     if view is None:
         raise _missing(job_id, settings.result_ttl_s)
     return view
@@ -41,9 +42,11 @@ async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str
     operation_id="cancel_job",
     responses={409: ERRORS[422] | {"description": "The job already finished"}, **ERRORS},
 )
-async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: str = JobId) -> JobView:
+async def cancel_job(
+    dispatcher: DispatcherDep, settings: SettingsDep, owner: CallerDep, job_id: str = JobId
+) -> JobView:
     """Cancel a queued job at once, or a running one at its next batch."""
-    view = await run_in_threadpool(dispatcher.records.view, job_id)
+    view = await run_in_threadpool(dispatcher.records.view, job_id, owner)
     if view is None:
         raise _missing(job_id, settings.result_ttl_s)
     if view.state in TERMINAL_STATES:
@@ -63,6 +66,7 @@ async def cancel_job(dispatcher: DispatcherDep, settings: SettingsDep, job_id: s
 async def read_map(
     dispatcher: DispatcherDep,
     registry: RegistryDep,
+    owner: CallerDep,
     job_id: str = JobId,
     image: int = Path(ge=0),
     method: str = Path(pattern=r"^[a-z_]+$"),
@@ -78,7 +82,7 @@ async def read_map(
     given = {"colormap": colormap, "polarity": polarity, "clip_percentile": clip_percentile, "alpha": alpha}
     recolour = {key: value for key, value in given.items() if value is not None}
     name = f"{image}/{method}/{target}"
-    png = await run_in_threadpool(draw_map, dispatcher.records, registry, job_id, image, name, form, recolour)
+    png = await run_in_threadpool(draw_map, dispatcher.records, registry, job_id, owner, image, name, form, recolour)
     if png is None:
         raise ServiceError(
             ErrorCode.map_not_found, f"job {job_id} has no {form} for image {image}, method {method!r}, target {target}"

@@ -7,6 +7,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from app.auth import CallerDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.routes.explain import read_body
 from app.routes.responses import ERRORS
@@ -42,7 +43,7 @@ router = APIRouter(tags=["predict"])
     },
 )
 async def predict(
-    request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep
+    request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep, owner: CallerDep
 ) -> Predictions:
     """Classify: the top-k labels with probabilities, and the OoD score where the model has a head.
 
@@ -61,7 +62,9 @@ async def predict(
         image_sizes=sizes,
     )
     with dispatcher.waiters.watching(spec.job_id) as watch:
-        view = await watch.until_end(settings.wait_cap_s, await run_in_threadpool(dispatcher.enqueue, spec, pixels))
+        view = await watch.until_end(
+            settings.wait_cap_s, await run_in_threadpool(dispatcher.enqueue, spec, pixels, owner)
+        )
     if view.state == "succeeded" and view.result is not None:
         return Predictions(model=view.result.model, images=view.result.images)
     if view.error is not None:

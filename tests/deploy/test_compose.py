@@ -32,11 +32,24 @@ from core.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORKERS = ("worker", "worker-cpu")
+# What a deployment must set: an API key's hash (the one of "xai_example_key").
+REQUIRED = {"XAI_API_KEYS": "sha256:" + "0" * 64}
 
 
-def interpolate(text: str) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR}, with no variable set."""
-    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda match: match.group(1) or "", text)
+def interpolate(text: str, given: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} / ${VAR:?error}, with only ``given`` set; a
+    required variable that is not given is an error, as in compose."""
+    given = given if given is not None else REQUIRED
+
+    def value(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2), match.group(3)
+        if name in given:
+            return given[name]
+        if kind == "?":
+            raise KeyError(f"{name} is required: {rest}")
+        return rest or ""
+
+    return re.sub(r"\$\{(\w+)(?::?([-?])([^}]*))?\}", value, text)
 
 
 def compose() -> dict:
@@ -258,7 +271,6 @@ def test_compose_essentials() -> None:
         assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
         assert any(volume.endswith(":/models:ro") for volume in service["volumes"]), name
     assert "/healthz" in services["api"]["healthcheck"]["test"][-1]
-    assert services["api"]["ports"] == ["8000:8000"]
     assert services["api"]["environment"]["XAI_PORT"] == "8000"
     for name in WORKERS:
         env = environment(services[name])
@@ -299,3 +311,11 @@ def test_env_example_lists_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
     missing = [name for name in Settings.model_fields if f"# XAI_{name.upper()}=" not in text]
     assert missing == [], f".env.example lacks {missing}"
+
+
+def test_the_deployment_requires_api_keys_and_publishes_on_loopback_by_default() -> None:
+    with pytest.raises(KeyError, match="XAI_API_KEYS is required"):
+        interpolate((ROOT / "docker-compose.yml").read_text(), given={})
+    api = compose()["services"]["api"]
+    assert environment(api)["XAI_API_KEYS"] == REQUIRED["XAI_API_KEYS"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]

@@ -231,3 +231,37 @@ def api(request: pytest.FixtureRequest) -> str:
 def client(api: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api, timeout=60) as http:
         yield http
+
+
+# API keys of the keyed services: two clients and a metrics scraper (app/auth.py).
+KEY_A, KEY_B, METRICS_KEY = "xai_test_key_a_0123456789", "xai_test_key_b_0123456789", "xai_test_metrics_0123"
+
+
+def keyed_settings(tmp: Path) -> dict[str, str]:
+    """Keys on: key A by the setting, key B from a file (with a comment), a separate metrics key."""
+    from app.auth import hash_key
+
+    keys_file = tmp / "api-keys.txt"
+    keys_file.write_text(f"# client b\n{hash_key(KEY_B)}  # added later\n")
+    return {"api_keys": hash_key(KEY_A), "api_keys_file": str(keys_file), "metrics_keys": hash_key(METRICS_KEY)}
+
+
+@pytest.fixture(scope="session")
+def keyed_embedded_api(service_tmp: Path) -> Iterator[tuple[str, Process]]:
+    api, base = start_api(service_tmp, "api-embedded-keyed", **keyed_settings(service_tmp))
+    yield base, api
+    api.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed_celery_api(service_tmp: Path, redis_server: RedisServer, celery_api: str) -> Iterator[tuple[str, Process]]:
+    """Keys on, in front of the Celery service's Redis and worker."""
+    api, base = start_api(service_tmp, "api-celery-keyed", redis_url=redis_server.url, **keyed_settings(service_tmp))
+    yield base, api
+    api.stop()
+
+
+@pytest.fixture(scope="session", params=["embedded", "celery"])
+def keyed_api(request: pytest.FixtureRequest) -> tuple[str, Process]:
+    """A running API that asks for keys, in each mode: (base URL, its process, whose log tests read)."""
+    return request.getfixturevalue(f"keyed_{request.param}_api")

@@ -7,9 +7,19 @@ import sys
 from pathlib import Path
 
 from app.cli import OPENAPI
+from tests.service.conftest import KEY_A
 
 
 def test_no_generated_request_gets_a_server_error(api):
+    fuzz(api)
+
+
+def test_no_generated_request_with_a_key_gets_a_server_error(keyed_api):
+    """With keys on, authenticated: the requests get past the key check and reach every handler."""
+    fuzz(keyed_api[0], "--header", f"Authorization: Bearer {KEY_A}")
+
+
+def fuzz(api: str, *options: str) -> None:
     runner = Path(sys.executable).with_name("st")
     done = subprocess.run(
         [
@@ -18,6 +28,7 @@ def test_no_generated_request_gets_a_server_error(api):
             str(OPENAPI),
             "--url",
             api,
+            *options,
             "--checks",
             "not_a_server_error",
             "--max-examples",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from app.cli import OPENAPI, openapi_text
+from tests.service.conftest import KEY_A
 from tests.service.helpers import b64, encode, shape_photos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,9 @@ print("no torch")
     assert "no torch" in done.stdout
 
 
-def test_a_generated_client_explains_and_polls(api, tmp_path):
+def test_a_generated_client_authenticates_explains_and_polls(keyed_api, tmp_path):
+    """Against a service that asks for keys: the document declares the schemes, the client sends the key."""
+    api, _ = keyed_api
     generator = Path(sys.executable).with_name("openapi-python-client")
     done = subprocess.run(
         [
@@ -64,7 +67,10 @@ def test_a_generated_client_explains_and_polls(api, tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
 
-    with client_module.Client(base_url=api, timeout=None) as client:
+    anonymous = client_module.Client(base_url=api, timeout=None, raise_on_unexpected_status=False)
+    with anonymous:
+        assert list_models.sync_detailed(client=anonymous).status_code == 401
+    with client_module.AuthenticatedClient(base_url=api, token=KEY_A, timeout=None) as client:
         assert "lenet5-shapes" in [m.name for m in list_models.sync(client=client)]
         body = models.ExplainJSON(
             model="lenet5-shapes",
