@@ -78,6 +78,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 413:  # the body limit (app/main.py), met while the body streamed
+            limit = request.app.state.settings.max_request_bytes
+            message = f"the request body is larger than the limit of {limit} bytes; nothing of it was kept"
+            return error_response(ErrorCode.payload_too_large, message, "body")
         code = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed}.get(
             error.status_code, ErrorCode.invalid_request
         )

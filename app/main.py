@@ -36,7 +36,14 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         finally:
             app.state.dispatcher.close()
 
-    app = FastAPI(title="xai-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="xai-service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Starlette's limit, counted as the body streams: a chunked body is cut off at the limit.
+        max_body_size=settings.max_request_bytes,
+    )
     app.state.settings = settings
     app.state.registry = registry
     app.state.keys = Keys(settings.key_hashes())

@@ -51,16 +51,11 @@ def _invalid(error: ValidationError, prefix: str = "") -> ServiceError:
 
 
 async def read_body(
-    request: Request, settings_limit: int, json_type: type[BaseModel], form_type: type[BaseModel]
+    request: Request, json_type: type[BaseModel], form_type: type[BaseModel]
 ) -> tuple[Any, list[bytes]]:
     """(options, image bytes) from a JSON body with base64 ``images`` (``json_type``) or a multipart
     upload of ``images`` files with an ``options`` JSON field (``form_type``)."""
     content_type = request.headers.get("content-type", "")
-    length = int(request.headers.get("content-length") or 0)
-    if length > settings_limit:
-        raise ServiceError(
-            ErrorCode.payload_too_large, f"the request has {length} bytes; the limit is {settings_limit}"
-        )
     if content_type.startswith("application/json"):
         body = await request.body()
         try:
@@ -110,7 +105,7 @@ async def create_explanation(
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result (capped by the server)."),
 ) -> JobView:
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
-    options, files = await read_body(request, settings.max_request_bytes, ExplainJSON, ExplainOptions)
+    options, files = await read_body(request, ExplainJSON, ExplainOptions)
     spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.layers, settings)
     with dispatcher.waiters.watching(spec.job_id) as watch:
         view = await run_in_threadpool(dispatcher.enqueue, spec, pixels, owner)

@@ -48,7 +48,7 @@ async def predict(
     """Classify: the top-k labels with probabilities, and the OoD score where the model has a head.
 
     A failed prediction answers with its error code's status (``out_of_memory`` 503, ``timeout`` 504, ...)."""
-    options, files = await read_body(request, settings.max_request_bytes, PredictJSON, PredictOptions)
+    options, files = await read_body(request, PredictJSON, PredictOptions)
     manifest = manifest_of(registry, options.model)
     pixels, sizes = await run_in_threadpool(decode_all, files, settings)
     spec = JobSpec(
