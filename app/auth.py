@@ -19,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from core.errors import ErrorCode, ServiceError
@@ -81,8 +83,31 @@ HeaderDep = Annotated[str | None, Security(_header)]
 
 
 async def caller(request: Request, credentials: BearerDep, header: HeaderDep) -> str | None:
-    """The owner id of the request's API key; None when the service asks for no keys."""
-    return _check(request.app.state.keys, credentials, header)
+    """The owner id of the request's API key (None when the service asks for no keys), once the request
+    is counted against its rate limit (``app/quotas.py``)."""
+    owner = _check(request.app.state.keys, credentials, header)
+    rate = request.app.state.rate_limit
+    if rate.limiter is not None:
+        await run_in_threadpool(rate.hit, quota_holder(request, owner))
+    return owner
+
+
+def quota_holder(request: Request, owner: str | None) -> str:
+    """Whom quotas count: the API key, or without keys the client's address."""
+    if owner is not None:
+        return f"key:{owner}"
+    return f"address:{request.client.host if request.client else 'unknown'}"
+
+
+@dataclass(frozen=True)
+class Client:
+    owner: str | None  # the API key's owner id; None without keys
+    quota: tuple[str, int] | None  # (whom quotas count, most jobs in flight), when there is a cap
+
+
+async def client(request: Request, owner: str | None = Depends(caller)) -> Client:
+    most = request.app.state.settings.max_jobs_per_key
+    return Client(owner, None if most is None else (quota_holder(request, owner), most))
 
 
 async def metrics_caller(request: Request, credentials: BearerDep, header: HeaderDep) -> str | None:
@@ -90,3 +115,4 @@ async def metrics_caller(request: Request, credentials: BearerDep, header: Heade
 
 
 CallerDep = Annotated[str | None, Depends(caller)]
+ClientDep = Annotated[Client, Depends(client)]

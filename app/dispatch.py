@@ -47,11 +47,13 @@ class Dispatcher(ABC):
     def submit(self, spec: JobSpec) -> None:
         """Send a created job to a worker; ServiceError (and the job failed) when it cannot be sent."""
 
-    def enqueue(self, spec: JobSpec, pixels: list[bytes], owner: str | None = None) -> JobView:
+    def enqueue(
+        self, spec: JobSpec, pixels: list[bytes], owner: str | None = None, quota: tuple[str, int] | None = None
+    ) -> JobView:
         """Check that a live worker serves the model, create the job and send it: the request's one
-        step on a thread."""
+        step on a thread. ``owner``, ``quota``: :meth:`core.jobs.JobRecords.create`."""
         self.require_worker(spec.model)
-        view = self.records.create(spec, pixels, owner)
+        view = self.records.create(spec, pixels, owner, quota)
         self.submit(spec)
         return view
 

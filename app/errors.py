@@ -1,13 +1,14 @@
 """One error shape for every 4xx/5xx: ``{"error": {"code", "message", "field"}}``.
 
 The codes and their statuses are ``core/errors.py``; this module turns every failure of a request
-into that shape. A 503 carries ``Retry-After``, a 401 ``WWW-Authenticate``. No traceback ever leaves
+into that shape. A 429 or 503 carries ``Retry-After``, a 401 ``WWW-Authenticate``. No traceback ever leaves
 the server: anything unexpected is logged and answered as ``internal``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,9 +22,14 @@ from core.methods import METHODS
 log = logging.getLogger(__name__)
 
 
-def error_response(code: ErrorCode, message: str, field: str | None = None) -> JSONResponse:
+def error_response(
+    code: ErrorCode, message: str, field: str | None = None, retry_after_s: float | None = None
+) -> JSONResponse:
     status = status_of(code)
-    headers = {"Retry-After": str(status.retry_after_s or 5)} if status.http == 503 else None
+    headers = None
+    if status.http in (429, 503):
+        wait = retry_after_s if retry_after_s is not None else status.retry_after_s or 5
+        headers = {"Retry-After": str(max(1, math.ceil(wait)))}
     if status.http == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="xai-service"'}
     body = {"error": {"code": code.value, "message": message, "field": field}}
@@ -69,7 +75,7 @@ def classify(errors: list[dict], prefix: str = "") -> ServiceError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return error_response(error.code, error.message, error.field)
+        return error_response(error.code, error.message, error.field, error.retry_after_s)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

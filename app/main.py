@@ -12,6 +12,7 @@ from app import access_log, errors
 from app.auth import Keys
 from app.dispatch import Dispatcher, make_dispatcher
 from app.metrics import Metrics, RequestMetrics
+from app.quotas import RateLimit
 from app.routes import catalog, explain, health, jobs, predict
 from core.contract import ExplainJSON, PredictJSON
 from core.settings import Settings, get_settings
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.settings = settings
     app.state.registry = registry
     app.state.keys = Keys(settings.key_hashes())
+    app.state.rate_limit = RateLimit(settings)
     app.state.metrics_keys = Keys(settings.metrics_keys) if settings.metrics_keys else app.state.keys
     errors.install(app)
     access_log.install()

@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     method_not_allowed = "method_not_allowed"
     payload_too_large = "payload_too_large"
     unsupported_media_type = "unsupported_media_type"
+    rate_limited = "rate_limited"
+    too_many_jobs = "too_many_jobs"
     queue_full = "queue_full"
     unavailable = "unavailable"
     no_worker = "no_worker"
@@ -44,7 +46,7 @@ class ErrorCode(StrEnum):
 class Status:
     http: int
     retryable: bool = False
-    retry_after_s: int | None = None  # what a 503 tells the client to wait
+    retry_after_s: int | None = None  # what a 429 or 503 tells the client to wait (unless the error knows better)
 
 
 STATUS: dict[ErrorCode, Status] = {
@@ -64,6 +66,8 @@ STATUS: dict[ErrorCode, Status] = {
     ErrorCode.method_not_allowed: Status(405),
     ErrorCode.payload_too_large: Status(413),
     ErrorCode.unsupported_media_type: Status(415),
+    ErrorCode.rate_limited: Status(429, retryable=True, retry_after_s=1),
+    ErrorCode.too_many_jobs: Status(429, retryable=True, retry_after_s=5),
     ErrorCode.queue_full: Status(503, retryable=True, retry_after_s=5),
     ErrorCode.unavailable: Status(503, retryable=True, retry_after_s=5),
     ErrorCode.no_worker: Status(503, retryable=True, retry_after_s=15),
@@ -83,9 +87,12 @@ def status_of(code: ErrorCode | str) -> Status:
 class ServiceError(Exception):
     """A failure with a code, a message for the client, and the request field it concerns."""
 
-    def __init__(self, code: ErrorCode | str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode | str, message: str, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.field = ErrorCode(code), message, field
+        self.retry_after_s = retry_after_s  # when the client may try again, where it is known
 
     @property
     def status(self) -> Status:

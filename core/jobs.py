@@ -24,13 +24,14 @@ from enum import StrEnum
 from typing import Any
 
 from core.contract import TERMINAL_STATES, ErrorInfo, JobResult, JobSpec, JobView
-from core.errors import ErrorCode
+from core.errors import ErrorCode, ServiceError
 from core.kv import Document, Effect, KeyValue, Transaction
 
 _PREFIX = "xai:job:"
 LEASES = "xai:leases"  # sorted set: job id -> lease expiry
 ENDED = "xai:ended"  # channel: the id of every job that reached its end
 _QUEUED = "xai:queued:"  # list per model: ids of jobs sent, for a worker to gather a batch
+_IN_FLIGHT = "xai:inflight:"  # sorted set per quota holder: its jobs not ended yet, by creation time
 ENDED_RECORD_MAX = 64 * 1024  # an ended record up to this size rides along in its ENDED message
 
 
@@ -86,9 +87,14 @@ class JobRecords:
         self.ttl_s = ttl_s
 
     # -- the API's side --
-    def create(self, spec: JobSpec, pixels: list[bytes], owner: str | None = None) -> JobView:
+    def create(
+        self, spec: JobSpec, pixels: list[bytes], owner: str | None = None, quota: tuple[str, int] | None = None
+    ) -> JobView:
         """Store the spec, the decoded pixels, and a queued record, in one step. ``owner``: the API key
-        that created it, the only one that sees it (None: no keys)."""
+        that created it, the only one that sees it (None: no keys). ``quota``: (who, most jobs in flight):
+        ServiceError ``too_many_jobs`` when ``who`` has that many jobs not ended, and nothing is stored."""
+        if quota is not None:
+            self._take_slot(spec.job_id, *quota)
         record = {
             "job_id": spec.job_id,
             "state": "queued",
@@ -99,7 +105,8 @@ class JobRecords:
             "attempts": 0,
             "image_count": spec.image_count,
             "keeps_pixels": "overlay" in spec.outputs,
-            "owner": owner,  # the API draws overlays on the photo after the end
+            "owner": owner,
+            "quota": None if quota is None else quota[0],  # the API draws overlays on the photo after the end
         }
         effects: list[Effect] = [
             ("put", f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s) for index, data in enumerate(pixels)
@@ -142,6 +149,20 @@ class JobRecords:
         if self.kv.transact(self._key(job_id), change, self.ttl_s, effects) is None:
             return None
         return self.view(job_id)
+
+    def _take_slot(self, job_id: str, who: str, most: int) -> None:
+        """Put the job in ``who``'s jobs in flight, unless that makes more than ``most``. Concurrent
+        requests may both be refused at the boundary, never both let past it. Entries older than the
+        result TTL (a job that never ended, whose record expired) no longer count."""
+        key, now = f"{_IN_FLIGHT}{who}", self.kv.now()
+        self.kv.index(key, job_id, now)
+        if self.kv.count_above(key, now - self.ttl_s) > most:
+            self.kv.index(key, job_id, None)
+            raise ServiceError(
+                ErrorCode.too_many_jobs,
+                f"{most} jobs of this client are queued or running; wait for one to end",
+                "Authorization",
+            )
 
     # -- the worker's side --
     def spec(self, job_id: str) -> JobSpec | None:
@@ -383,10 +404,12 @@ def _released(job_id: str, record: Document | None, ended: Document | None = Non
     keep = record is not None and bool(record.get("keeps_pixels")) and succeeded
     image_count = 0 if record is None or keep else int(record.get("image_count", 0))
     pixels = [f"{_PREFIX}{job_id}:pixels:{index}" for index in range(image_count)]
+    quota = None if record is None else record.get("quota")
+    slot: list[Effect] = [] if quota is None else [("index", f"{_IN_FLIGHT}{quota}", job_id, None)]
     message = job_id
     if ended is not None and len(text := json.dumps(ended)) <= ENDED_RECORD_MAX:
         message = f"{job_id} {text}"
-    return [("index", LEASES, job_id, None), ("delete", *pixels), ("publish", ENDED, message)]
+    return [("index", LEASES, job_id, None), ("delete", *pixels), *slot, ("publish", ENDED, message)]
 
 
 def parse_ended(message: str) -> tuple[str, bytes | None]:

@@ -86,6 +86,10 @@ class KeyValue(ABC):
         """Members of the sorted set ``key`` scored at most ``score``."""
 
     @abstractmethod
+    def count_above(self, key: str, score: float) -> int:
+        """How many members of the sorted set ``key`` are scored above ``score``."""
+
+    @abstractmethod
     def pop(self, key: str, count: int) -> list[str]:
         """Take up to ``count`` members from the head of the list ``key``."""
 

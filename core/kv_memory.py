@@ -108,6 +108,10 @@ class MemoryKeyValue(KeyValue):
         with self._lock:
             return [member for member, value in self._sets.get(key, {}).items() if value <= score]
 
+    def count_above(self, key: str, score: float) -> int:
+        with self._lock:
+            return sum(value > score for value in self._sets.get(key, {}).values())
+
     def scan(self, prefix: str) -> dict[str, bytes]:
         with self._lock:
             return {key: value for key in list(self._data) if key.startswith(prefix) and (value := self._live(key))}

@@ -141,6 +141,9 @@ class RedisKeyValue(KeyValue):
     def below(self, key: str, score: float) -> list[str]:
         return [member.decode() for member in self.client.zrangebyscore(key, "-inf", score)]
 
+    def count_above(self, key: str, score: float) -> int:
+        return int(self.client.zcount(key, f"({score!r}", "+inf"))
+
     def scan(self, prefix: str) -> dict[str, bytes]:
         keys = list(self.client.scan_iter(match=f"{prefix}*", count=200))
         values = self.client.mget(keys) if keys else []

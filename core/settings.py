@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     metrics_keys: Annotated[list[str], NoDecode] = Field(
         [], description="Hashes of the keys /metrics takes instead of the API keys (a scraper's)."
     )
+    rate_limit: str | None = Field(
+        None,
+        description="Requests per window per API key (per client address without keys), as `limits` writes it: "
+        "100/minute, 10/second;1000/hour. Unset: none.",
+    )
+    max_jobs_per_key: int | None = Field(
+        None, ge=1, description="Most jobs one API key (or client address) may have queued or running. Unset: none."
+    )
     host: str = Field("127.0.0.1", description="Address `xai serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `xai serve` binds.")
 
@@ -82,6 +90,18 @@ class Settings(BaseSettings):
     def _key_hashes(cls, value: list[str]) -> list[str]:
         for item in value:
             check_key_hash(item)
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError("write it as `limits` does: 100/minute, or several: 10/second;1000/hour") from None
         return value
 
     def key_hashes(self) -> list[str]:

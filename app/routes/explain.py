@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
-from app.auth import CallerDep
+from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.errors import classify
 from app.routes.responses import ERRORS
@@ -101,14 +101,14 @@ async def create_explanation(
     settings: SettingsDep,
     registry: RegistryDep,
     dispatcher: DispatcherDep,
-    owner: CallerDep,
+    caller: ClientDep,
     wait: float = Query(0.0, ge=0.0, description="Seconds to wait for the result (capped by the server)."),
 ) -> JobView:
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
     options, files = await read_body(request, ExplainJSON, ExplainOptions)
     spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.layers, settings)
     with dispatcher.waiters.watching(spec.job_id) as watch:
-        view = await run_in_threadpool(dispatcher.enqueue, spec, pixels, owner)
+        view = await run_in_threadpool(dispatcher.enqueue, spec, pixels, caller.owner, caller.quota)
         request.app.state.metrics.jobs.labels(spec.model).inc()
         if wait > 0:
             view = await watch.until_end(min(wait, settings.wait_cap_s), view)

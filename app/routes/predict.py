@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from app.auth import CallerDep
+from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.routes.explain import read_body
 from app.routes.responses import ERRORS
@@ -43,7 +43,7 @@ router = APIRouter(tags=["predict"])
     },
 )
 async def predict(
-    request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep, owner: CallerDep
+    request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep, caller: ClientDep
 ) -> Predictions:
     """Classify: the top-k labels with probabilities, and the OoD score where the model has a head.
 
@@ -63,7 +63,7 @@ async def predict(
     )
     with dispatcher.waiters.watching(spec.job_id) as watch:
         view = await watch.until_end(
-            settings.wait_cap_s, await run_in_threadpool(dispatcher.enqueue, spec, pixels, owner)
+            settings.wait_cap_s, await run_in_threadpool(dispatcher.enqueue, spec, pixels, caller.owner, caller.quota)
         )
     if view.state == "succeeded" and view.result is not None:
         return Predictions(model=view.result.model, images=view.result.images)

@@ -19,6 +19,7 @@ ERRORS: dict[int | str, dict] = {
         (413, "An image or the request is too large"),
         (415, "Neither JSON nor multipart"),
         (422, "Invalid request; the error names the field"),
+        (429, "The API key's rate limit or its cap on jobs in flight (see Retry-After)"),
         (503, "The job queue is full or unreachable, or no worker serves the model (see Retry-After)"),
     ]
 }
