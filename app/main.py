@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from app import access_log, errors
 from app.auth import Keys
 from app.dispatch import Dispatcher, make_dispatcher
 from app.metrics import Metrics, RequestMetrics
+from app.origins import OriginCheck
 from app.quotas import RateLimit
 from app.routes import catalog, explain, health, jobs, predict
 from core.contract import ExplainJSON, PredictJSON
@@ -54,6 +56,16 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     access_log.install()
 
     app.add_middleware(RequestMetrics)
+    app.add_middleware(OriginCheck, allowed=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Location", "Retry-After"],
+            max_age=600,
+        )
 
     for module in (explain, jobs, predict, catalog, health):
         app.include_router(module.router)

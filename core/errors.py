@@ -14,6 +14,7 @@ from enum import StrEnum
 
 class ErrorCode(StrEnum):
     unauthorized = "unauthorized"
+    origin_not_allowed = "origin_not_allowed"
     invalid_request = "invalid_request"
     invalid_parameter = "invalid_parameter"
     invalid_image = "invalid_image"
@@ -51,6 +52,7 @@ class Status:
 
 STATUS: dict[ErrorCode, Status] = {
     ErrorCode.unauthorized: Status(401),
+    ErrorCode.origin_not_allowed: Status(403),
     ErrorCode.invalid_request: Status(422),
     ErrorCode.invalid_parameter: Status(422),
     ErrorCode.invalid_image: Status(422),

@@ -75,10 +75,13 @@ class Settings(BaseSettings):
     max_jobs_per_key: int | None = Field(
         None, ge=1, description="Most jobs one API key (or client address) may have queued or running. Unset: none."
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="Comma-separated origins whose pages may call the API (https://app.example). None: closed."
+    )
     host: str = Field("127.0.0.1", description="Address `xai serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `xai serve` binds.")
 
-    @field_validator("model_dirs", "worker_models", "api_keys", "metrics_keys", mode="before")
+    @field_validator("model_dirs", "worker_models", "api_keys", "metrics_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

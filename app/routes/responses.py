@@ -15,6 +15,7 @@ ERRORS: dict[int | str, dict] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in [
         (401, "No API key, or one that is not accepted (when the service asks for keys)"),
+        (403, "A browser page of an origin XAI_CORS_ORIGINS does not list (state-changing requests)"),
         (404, "Unknown model, method or job"),
         (413, "An image or the request is too large"),
         (415, "Neither JSON nor multipart"),
