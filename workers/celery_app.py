@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.queues import make_celery
+from core.queues import TASK, make_celery
 from core.settings import get_settings
 
 
@@ -32,6 +32,19 @@ def unsafe_settings(app: Celery) -> list[str]:
     if not soft or (hard and soft >= hard):
         problems.append("task_soft_time_limit must be set below task_time_limit (it ends a job as a timeout)")
     return problems
+
+
+def our_tasks_only(app: Celery) -> list[str]:
+    """Unregister every task but ours (Celery's built-in canvas and maintenance tasks: ``celery.map``,
+    ``celery.chunks``, ``celery.backend_cleanup``, ...), so that a worker runs nothing else whoever
+    writes to the broker: a message naming any other task is refused as unregistered. Returns the names
+    taken out. Finalizes the app first (finalizing later would register the built-ins again)."""
+    app.loader.import_default_modules()
+    app.finalize(auto=True)
+    removed = sorted(name for name in app.tasks if name != TASK)
+    for name in removed:
+        app.tasks.unregister(name)
+    return removed
 
 
 celery = make_celery(get_settings(), include=["workers.tasks"])

@@ -1,6 +1,7 @@
 """``xai worker``: a Celery worker for the models of ``XAI_WORKER_MODELS`` (all, when empty).
 
-It refuses an unsafe Celery configuration (``unsafe_settings``) before it starts. It names itself
+It refuses an unsafe Celery configuration (``unsafe_settings``) before it starts, and unregisters every
+task but ours (``our_tasks_only``). It names itself
 ``xai-<pid>@<host>`` so that its processes can add their models' queues to it once loaded.
 """
 
@@ -11,7 +12,7 @@ import os
 import socket
 import sys
 
-from workers.celery_app import celery, unsafe_settings
+from workers.celery_app import celery, our_tasks_only, unsafe_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     problems = unsafe_settings(celery)
     if problems:
         sys.exit("refusing to start the worker:\n- " + "\n- ".join(problems))
+    our_tasks_only(celery)
     node = f"xai-{os.getpid()}@{socket.gethostname()}"
     os.environ["XAI_NODE_NAME"] = node
     os.environ["XAI_POOL"] = args.pool
