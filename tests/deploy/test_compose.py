@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORKERS = ("worker", "worker-cpu")
 # What a deployment must set: an API key's hash (the one of "xai_example_key").
-REQUIRED = {"XAI_API_KEYS": "sha256:" + "0" * 64}
+REQUIRED = {"XAI_API_KEYS": "sha256:" + "0" * 64, "REDIS_PASSWORD": "a-redis-password"}
 
 
 def interpolate(text: str, given: dict[str, str] | None = None) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} / ${VAR:?error}, with only ``given`` set; a
-    required variable that is not given is an error, as in compose."""
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} / ${VAR:?error} and its $$ (a literal $),
+    with only ``given`` set; a required variable that is not given is an error, as in compose."""
     given = given if given is not None else REQUIRED
 
     def value(match: re.Match[str]) -> str:
@@ -49,7 +49,8 @@ def interpolate(text: str, given: dict[str, str] | None = None) -> str:
             raise KeyError(f"{name} is required: {rest}")
         return rest or ""
 
-    return re.sub(r"\$\{(\w+)(?::?([-?])([^}]*))?\}", value, text)
+    parts = text.split("$$")
+    return "$".join(re.sub(r"\$\{(\w+)(?::?([-?])([^}]*))?\}", value, part) for part in parts)
 
 
 def compose() -> dict:
@@ -110,7 +111,7 @@ def test_compose_file_is_valid_under_the_compose_spec() -> None:
     # The schema is not vacuous: a misspelt key and a typed value that compose rejects both fail.
     broken = copy.deepcopy(document)
     broken["services"]["api"]["healthcheck"]["intervall"] = "5s"
-    broken["services"]["redis"]["command"] = ["redis-server", "--appendonly", True]
+    broken["services"]["redis"]["command"] = ["redis-server", "--appendonly", True]  # not a string
     assert len(list(validator.iter_errors(broken))) == 2
 
 
@@ -131,7 +132,7 @@ def test_every_xai_variable_is_a_setting_and_validates(monkeypatch: pytest.Monke
                 monkeypatch.setenv(key, value)
         settings = Settings(_env_file=None)  # raises on a value the service would not start with
         if name != "redis":
-            assert settings.redis_url == "redis://redis:6379/0", name
+            assert settings.redis_url == "redis://:a-redis-password@redis:6379/0", name
     assert environment(services["worker"])["XAI_DEVICE"] == "cuda"
     assert environment(services["worker-cpu"])["XAI_DEVICE"] == "cpu"
 
@@ -261,7 +262,12 @@ def test_compose_essentials() -> None:
     services = document["services"]
     redis = services["redis"]
     assert redis["image"] == "redis:7"
-    assert redis["command"][-2:] == ["--appendonly", "yes"]
+    server = redis["command"][-1]
+    assert "--appendonly yes" in server and '--requirepass "$REDIS_PASSWORD"' in server
+    assert '--maxmemory "${REDIS_MAXMEMORY:-2gb}" --maxmemory-policy noeviction' in server
+    assert environment(redis)["REDIS_PASSWORD"] == environment(redis)["REDISCLI_AUTH"] == REQUIRED["REDIS_PASSWORD"]
+    assert "ports" not in redis and redis["networks"] == ["backend"]
+    assert document["networks"]["backend"]["internal"] is True
     (data,) = redis["volumes"]
     assert data.split(":")[0] in document["volumes"] and data.split(":")[1] == "/data"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
@@ -313,9 +319,11 @@ def test_env_example_lists_every_setting() -> None:
     assert missing == [], f".env.example lacks {missing}"
 
 
-def test_the_deployment_requires_api_keys_and_publishes_on_loopback_by_default() -> None:
+def test_the_deployment_requires_keys_and_a_redis_password_and_publishes_on_loopback() -> None:
     with pytest.raises(KeyError, match="XAI_API_KEYS is required"):
-        interpolate((ROOT / "docker-compose.yml").read_text(), given={})
+        interpolate((ROOT / "docker-compose.yml").read_text(), given={"REDIS_PASSWORD": "x"})
+    with pytest.raises(KeyError, match="REDIS_PASSWORD is required"):
+        interpolate((ROOT / "docker-compose.yml").read_text(), given={"XAI_API_KEYS": REQUIRED["XAI_API_KEYS"]})
     api = compose()["services"]["api"]
     assert environment(api)["XAI_API_KEYS"] == REQUIRED["XAI_API_KEYS"]
     assert api["ports"] == ["127.0.0.1:8000:8000"]
