@@ -37,7 +37,7 @@ class Dispatcher(ABC):
 
     def _open(self, kv: KeyValue, settings: Settings) -> None:
         """The store both transports keep job records and telemetry in, and the waiters on it."""
-        self.kv = kv
+        self.kv, self.settings = kv, settings
         self.records = JobRecords(kv, settings.result_ttl_s)
         self.telemetry = Telemetry(kv)
         self.waiters = JobWaiters(self.records)
@@ -53,7 +53,7 @@ class Dispatcher(ABC):
         """Check that a live worker serves the model, create the job and send it: the request's one
         step on a thread. ``owner``, ``quota``: :meth:`core.jobs.JobRecords.create`."""
         self.require_worker(spec.model)
-        view = self.records.create(spec, pixels, owner, quota)
+        view = self.records.create(spec, pixels, owner, quota, self.settings.max_queued_per_model)
         self.submit(spec)
         return view
 

@@ -32,6 +32,7 @@ LEASES = "xai:leases"  # sorted set: job id -> lease expiry
 ENDED = "xai:ended"  # channel: the id of every job that reached its end
 _QUEUED = "xai:queued:"  # list per model: ids of jobs sent, for a worker to gather a batch
 _IN_FLIGHT = "xai:inflight:"  # sorted set per quota holder: its jobs not ended yet, by creation time
+_WAITING = "xai:waiting:"  # sorted set per model: its jobs not claimed by a worker yet, by creation time
 ENDED_RECORD_MAX = 64 * 1024  # an ended record up to this size rides along in its ENDED message
 
 
@@ -88,13 +89,35 @@ class JobRecords:
 
     # -- the API's side --
     def create(
-        self, spec: JobSpec, pixels: list[bytes], owner: str | None = None, quota: tuple[str, int] | None = None
+        self,
+        spec: JobSpec,
+        pixels: list[bytes],
+        owner: str | None = None,
+        quota: tuple[str, int] | None = None,
+        queue_cap: int | None = None,
     ) -> JobView:
         """Store the spec, the decoded pixels, and a queued record, in one step. ``owner``: the API key
         that created it, the only one that sees it (None: no keys). ``quota``: (who, most jobs in flight):
-        ServiceError ``too_many_jobs`` when ``who`` has that many jobs not ended, and nothing is stored."""
-        if quota is not None:
-            self._take_slot(spec.job_id, *quota)
+        ServiceError ``too_many_jobs`` when ``who`` has that many jobs not ended. ``queue_cap``: most jobs
+        of the model waiting for a worker: ServiceError ``queue_full`` past it. Refused, nothing is kept."""
+        admitted: list[str] = []
+        try:
+            if quota is not None:
+                who, most = quota
+                refusal = ServiceError(
+                    ErrorCode.too_many_jobs, f"{most} jobs of this client are queued or running", "Authorization"
+                )
+                self._admit(f"{_IN_FLIGHT}{who}", spec.job_id, most, refusal)
+                admitted.append(f"{_IN_FLIGHT}{who}")
+            if queue_cap is not None:
+                refusal = ServiceError(
+                    ErrorCode.queue_full, f"{queue_cap} jobs of model {spec.model!r} wait already", "model"
+                )
+                self._admit(f"{_WAITING}{spec.model}", spec.job_id, queue_cap, refusal)
+        except ServiceError:
+            for key in admitted:
+                self.kv.index(key, spec.job_id, None)
+            raise
         record = {
             "job_id": spec.job_id,
             "state": "queued",
@@ -150,19 +173,13 @@ class JobRecords:
             return None
         return self.view(job_id)
 
-    def _take_slot(self, job_id: str, who: str, most: int) -> None:
-        """Put the job in ``who``'s jobs in flight, unless that makes more than ``most``. Concurrent
-        requests may both be refused at the boundary, never both let past it. Entries older than the
-        result TTL (a job that never ended, whose record expired) no longer count."""
-        key, now = f"{_IN_FLIGHT}{who}", self.kv.now()
-        self.kv.index(key, job_id, now)
-        if self.kv.count_above(key, now - self.ttl_s) > most:
-            self.kv.index(key, job_id, None)
-            raise ServiceError(
-                ErrorCode.too_many_jobs,
-                f"{most} jobs of this client are queued or running; wait for one to end",
-                "Authorization",
-            )
+    def _admit(self, key: str, job_id: str, most: int, refusal: ServiceError) -> None:
+        """Put the job in the set ``key`` unless it holds ``most`` already (atomic: a burst past the cap
+        gets exactly its excess refused). Members older than the result TTL (a job whose record expired
+        without an end) no longer count."""
+        now = self.kv.now()
+        if not self.kv.admit(key, job_id, now, most, now - self.ttl_s):
+            raise refusal
 
     # -- the worker's side --
     def spec(self, job_id: str) -> JobSpec | None:
@@ -243,7 +260,10 @@ class JobRecords:
 
         def effects(outcome: Claim, record: Document | None) -> list[Effect]:
             if outcome is Claim.run:  # ``taken`` holds what this try of the transaction writes
-                return [("index", LEASES, job_id, taken["lease_until"])]
+                waiting: list[Effect] = (
+                    [] if record is None else [("index", f"{_WAITING}{record['model']}", job_id, None)]
+                )
+                return [("index", LEASES, job_id, taken["lease_until"]), *waiting]
             return _released(job_id, record) if outcome in (Claim.exhausted, Claim.cancelled) else []
 
         return Transaction(self._key(job_id), change, self.ttl_s, effects), taken
@@ -406,6 +426,8 @@ def _released(job_id: str, record: Document | None, ended: Document | None = Non
     pixels = [f"{_PREFIX}{job_id}:pixels:{index}" for index in range(image_count)]
     quota = None if record is None else record.get("quota")
     slot: list[Effect] = [] if quota is None else [("index", f"{_IN_FLIGHT}{quota}", job_id, None)]
+    if record is not None:
+        slot.append(("index", f"{_WAITING}{record['model']}", job_id, None))
     message = job_id
     if ended is not None and len(text := json.dumps(ended)) <= ENDED_RECORD_MAX:
         message = f"{job_id} {text}"

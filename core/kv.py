@@ -86,8 +86,9 @@ class KeyValue(ABC):
         """Members of the sorted set ``key`` scored at most ``score``."""
 
     @abstractmethod
-    def count_above(self, key: str, score: float) -> int:
-        """How many members of the sorted set ``key`` are scored above ``score``."""
+    def admit(self, key: str, member: str, score: float, most: int, stale_below: float) -> bool:
+        """Atomically: drop the members of the sorted set ``key`` scored below ``stale_below``; then add
+        ``member`` with ``score`` if fewer than ``most`` remain. Whether it was added."""
 
     @abstractmethod
     def pop(self, key: str, count: int) -> list[str]:

@@ -108,9 +108,15 @@ class MemoryKeyValue(KeyValue):
         with self._lock:
             return [member for member, value in self._sets.get(key, {}).items() if value <= score]
 
-    def count_above(self, key: str, score: float) -> int:
+    def admit(self, key: str, member: str, score: float, most: int, stale_below: float) -> bool:
         with self._lock:
-            return sum(value > score for value in self._sets.get(key, {}).values())
+            members = self._sets.setdefault(key, {})
+            for stale in [name for name, value in members.items() if value < stale_below]:
+                del members[stale]
+            if len(members) >= most:
+                return False
+            members[member] = score
+            return True
 
     def scan(self, prefix: str) -> dict[str, bytes]:
         with self._lock:

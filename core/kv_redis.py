@@ -43,6 +43,15 @@ return 1
 """
 
 
+# KEYS[1]: a sorted set. ARGV: member, score, most, the score below which members are stale ("(x").
+_ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -82,6 +91,7 @@ class RedisKeyValue(KeyValue):
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
         )
         self._compare_and_set = self.client.register_script(_COMPARE_AND_SET)
+        self._admit = self.client.register_script(_ADMIT)
 
     def now(self) -> float:
         seconds, microseconds = self.client.time()
@@ -141,8 +151,8 @@ class RedisKeyValue(KeyValue):
     def below(self, key: str, score: float) -> list[str]:
         return [member.decode() for member in self.client.zrangebyscore(key, "-inf", score)]
 
-    def count_above(self, key: str, score: float) -> int:
-        return int(self.client.zcount(key, f"({score!r}", "+inf"))
+    def admit(self, key: str, member: str, score: float, most: int, stale_below: float) -> bool:
+        return bool(self._admit(keys=[key], args=[member, repr(score), most, f"({stale_below!r}"]))
 
     def scan(self, prefix: str) -> dict[str, bytes]:
         keys = list(self.client.scan_iter(match=f"{prefix}*", count=200))

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         le=256,
         description="Torch threads of the jobs. Default: the cores, less one in the embedded mode (the API keeps it).",
     )
+    max_queued_per_model: int = Field(
+        256, ge=1, description="Most jobs of one model waiting for a worker; past it 503 queue_full with Retry-After."
+    )
     embedded_queue: int = Field(64, ge=1, description="Most jobs waiting in the embedded mode before 503.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         [],

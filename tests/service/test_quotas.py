@@ -4,12 +4,13 @@ Celery mode) and the jobs in flight."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.service.conftest import KEY_A, KEY_B, Process, RedisServer, keyed_settings, start_api
+from tests.service.conftest import KEY_A, KEY_B, Process, RedisServer, keyed_settings, start_api, wait_until
 from tests.service.helpers import b64, encode, poll, shape_photos
 
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -76,3 +77,34 @@ def test_a_third_job_in_flight_is_429_until_one_ends(jobs_api):
             assert fourth.status_code == 202, "a cancelled job frees its place"
             for job in (second, fourth):
                 assert poll(owner, job.json()["job_id"], timeout=180)["state"] == "succeeded"
+
+
+@pytest.fixture(scope="module", params=["embedded", "celery"])
+def capped_api(request, service_tmp) -> Iterator[str]:
+    api, base = start(request, service_tmp, "api-queue-cap", max_queued_per_model="3", embedded_workers="1")
+    yield base
+    api.stop()
+
+
+@pytest.mark.slow
+def test_a_burst_past_a_models_queue_cap_gets_exactly_its_excess_refused(capped_api):
+    """One slow job runs; a burst of 6 more arrives at once: 3 wait, exactly 3 are 503 with Retry-After."""
+    with httpx.Client(base_url=capped_api, timeout=60, headers=A) as http:
+        running = http.post("/explain", json=slow_job()).json()["job_id"]
+        wait_until(lambda: http.get(f"/jobs/{running}").json()["state"] != "queued", 60, "the first job did not start")
+
+        def send(_: int) -> httpx.Response:
+            with httpx.Client(base_url=capped_api, timeout=60, headers=A) as own:
+                return own.post("/explain", json=slow_job())
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(send, range(6)))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [202, 202, 202, 503, 503, 503], [answer.text for answer in answers]
+        for answer in answers:
+            if answer.status_code == 503:
+                assert answer.json()["error"]["code"] == "queue_full" and int(answer.headers["retry-after"]) >= 1
+        accepted = [running] + [answer.json()["job_id"] for answer in answers if answer.status_code == 202]
+        for job in accepted:
+            assert poll(http, job, timeout=180)["state"] == "succeeded"
+        assert http.post("/explain", json=slow_job()).status_code == 202, "the queue has room again"
