@@ -8,6 +8,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from PIL import Image
+
 from core.contract import ExplainOptions, JobSpec, TopK
 from core.errors import ErrorCode, ServiceError
 from core.images import ImageRejected, decode_image
@@ -85,13 +87,17 @@ def resolve_targets(
     return resolved, 1
 
 
-def decode_all(files: list[bytes], settings: Settings) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Decode every upload within the limits, once: (RGB pixels of each, its (width, height))."""
+def decode_all(files: list[bytes], settings: Settings, manifest: Manifest) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Decode every upload within the limits, once: (RGB pixels of each, its (width, height)). The
+    request's images together stay within ``max_request_pixels``; a photo longer than ``photo_max_side``
+    (or the network's input, if that is larger) is scaled down, keeping its aspect: the worker never
+    holds more than that per image, whatever was uploaded."""
     if not files:
         raise ServiceError(ErrorCode.invalid_request, "give at least one image", "images")
     if len(files) > settings.max_images:
         raise ServiceError(ErrorCode.invalid_request, f"at most {settings.max_images} images per request", "images")
-    pixels, sizes = [], []
+    pixels, sizes, total = [], [], 0
+    side = max(settings.photo_max_side, *manifest.preprocessing.size, manifest.preprocessing.resize_shorter_to or 0)
     for index, data in enumerate(files):
         if len(data) > settings.max_upload_bytes:
             raise ServiceError(
@@ -103,6 +109,16 @@ def decode_all(files: list[bytes], settings: Settings) -> tuple[list[bytes], lis
             image = decode_image(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
         except ImageRejected as error:
             raise ServiceError(ErrorCode.invalid_image, f"image {index}: {error}", f"images[{index}]") from None
+        total += image.width * image.height
+        if total > settings.max_request_pixels:
+            raise ServiceError(
+                ErrorCode.payload_too_large,
+                f"the images up to {index} have {total} pixels together; a request may have "
+                f"{settings.max_request_pixels}",
+                f"images[{index}]",
+            )
+        if max(image.size) > side:
+            image.thumbnail((side, side), Image.Resampling.BILINEAR)  # keeps the aspect
         pixels.append(image.tobytes())
         sizes.append(image.size)
     return pixels, sizes
@@ -113,7 +129,7 @@ def build_spec(
 ) -> tuple[JobSpec, list[bytes]]:
     manifest = manifest_of(registry, options.model)
     check_methods(options.methods, manifest, layers)
-    pixels, sizes = decode_all(files, settings)
+    pixels, sizes = decode_all(files, settings, manifest)
     targets, top_k = resolve_targets(options.targets, manifest, len(files), settings)
     spec = JobSpec(
         job_id=uuid.uuid4().hex,

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (decompression bombs).")
+    max_request_pixels: int = Field(
+        64_000_000, ge=1, description="Most pixels of all the images of one request together, as uploaded."
+    )
+    photo_max_side: int = Field(
+        2048,
+        ge=64,
+        description="Photos longer than this are scaled down once decoded (never below the network's input): "
+        "what the workers, Redis and the overlays get.",
+    )
     max_images: int = Field(16, ge=1, description="Most images in one request.")
     max_top_k: int = Field(10, ge=1, description="Largest top-k of targets and predictions.")
     embedded_workers: int = Field(1, ge=1, le=8, description="Threads running jobs in the embedded mode.")

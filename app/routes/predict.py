@@ -50,7 +50,7 @@ async def predict(
     A failed prediction answers with its error code's status (``out_of_memory`` 503, ``timeout`` 504, ...)."""
     options, files = await read_body(request, PredictJSON, PredictOptions)
     manifest = manifest_of(registry, options.model)
-    pixels, sizes = await run_in_threadpool(decode_all, files, settings)
+    pixels, sizes = await run_in_threadpool(decode_all, files, settings, manifest)
     spec = JobSpec(
         job_id=uuid.uuid4().hex,
         model=manifest.name,
