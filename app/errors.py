@@ -91,7 +91,8 @@ def install(app: FastAPI) -> None:
         code = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed}.get(
             error.status_code, ErrorCode.invalid_request
         )
-        body = {"error": {"code": code.value, "message": str(error.detail), "field": None}}
+        field = "body" if error.status_code == 400 else None  # Starlette's multipart parser refused the body
+        body = {"error": {"code": code.value, "message": str(error.detail), "field": field}}
         return JSONResponse(body, status_code=error.status_code)
 
     @app.exception_handler(RedisError)

@@ -88,7 +88,7 @@ class Prediction(_Model):
 
 class RawMap(_Model):
     dtype: Literal["float16"] = "float16"
-    shape: tuple[int, int]
+    shape: list[int] = Field(min_length=2, max_length=2, description="(height, width)")
     data: str = Field(description="Base64 of the little-endian float16 values, row-major.")
 
 

@@ -25,7 +25,7 @@ class ModelSummary(BaseModel):
     version: str
     description: str
     num_classes: int
-    input_size: tuple[int, int]
+    input_size: list[int] = Field(min_length=2, max_length=2, description="(height, width) of the network's input")
     gradcam_layer: str
     has_ood_head: bool
 

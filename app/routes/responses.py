@@ -14,6 +14,7 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in [
+        (400, "A body that cannot be parsed as multipart (too many fields or files, a broken part)"),
         (401, "No API key, or one that is not accepted (when the service asks for keys)"),
         (403, "A browser page of an origin XAI_CORS_ORIGINS does not list (state-changing requests)"),
         (404, "Unknown model, method or job"),
