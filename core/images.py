@@ -7,6 +7,7 @@ naming it), and stores the RGB pixels the worker reads.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,14 +38,24 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
             image.load()
     except ImageRejected:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(f"not a supported image: {error}") from None
+    except UnidentifiedImageError:  # Pillow's message names the buffer object, a heap address
+        raise ImageRejected(
+            "not an image in a format this service reads (JPEG, PNG, GIF, WebP, BMP, TIFF, ...)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageRejected(f"not a supported image: {_plain(error)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
-        raise ImageRejected(f"the image cannot be decoded (truncated or corrupt): {error}") from None
+        raise ImageRejected(f"the image cannot be decoded (truncated or corrupt): {_plain(error)}") from None
     try:
         return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError) as error:
         raise ImageRejected(f"the image cannot be converted to RGB: {error}") from None
+
+
+def _plain(error: BaseException) -> str:
+    """An exception's message without object reprs or file paths: it goes to the client."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the upload", str(error))
+    return re.sub(r"(?:/[\w.+-]+){2,}", "(a path)", text)
 
 
 def photo_of(pixels: bytes, size: tuple[int, int]) -> Image.Image:

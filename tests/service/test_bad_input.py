@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +15,8 @@ from tests.service.conftest import start_api
 from tests.service.helpers import b64, encode, poll, shape_photos
 
 PHOTO = b64(encode(shape_photos(1)[0]))
+# What no error message may carry: object reprs with heap addresses, file paths, Python internals.
+LEAKS = re.compile(r"0x[0-9a-fA-F]{6,}|<[\w.]+ object|/(?:usr|home|work|tmp|srv|opt)/|site-packages|\.py\b")
 
 
 def body(**change: object) -> dict:
@@ -27,6 +30,7 @@ def assert_error(response: httpx.Response, status: int, code: str, field: str | 
     error = response.json()["error"]
     assert (error["code"], error["field"]) == (code, field), error
     assert error["message"] and "Traceback" not in error["message"]
+    assert not LEAKS.search(error["message"]), f"the message shows the server's insides: {error['message']}"
 
 
 def truncated_png() -> str:
@@ -139,6 +143,17 @@ def test_deeply_nested_or_broken_json_is_a_4xx_naming_where_it_was(client, path)
         response = client.post(path, content=body, headers={"content-type": "application/json"})
         assert 400 <= response.status_code < 500, response.text
         assert response.json()["error"]["field"], response.text
+
+
+@pytest.mark.parametrize(
+    "data", [b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, b"GIF89a" + b"\x00" * 10, b"\xff\xd8\xff"]
+)
+def test_unreadable_images_get_a_plain_message(client, data):
+    """Pillow's own message names its buffer object (``<_io.BytesIO object at 0x7f...>``): never shown."""
+    files = [("images", ("a.png", data, "image/png"))]
+    options = {"options": json.dumps({"model": "lenet5-shapes", "methods": [{"name": "gradient"}]})}
+    assert_error(client.post("/explain", files=files, data=options), 422, "invalid_image", "images[0]")
+    assert_error(client.post("/explain", json=body(images=[b64(data)])), 422, "invalid_image", "images[0]")
 
 
 def test_other_bodies_and_routes(client):
