@@ -127,9 +127,9 @@ class JobRecords:
             "created_at": time.time(),
             "attempts": 0,
             "image_count": spec.image_count,
-            "keeps_pixels": "overlay" in spec.outputs,
+            "keeps_pixels": "overlay" in spec.outputs,  # the API draws overlays on the photo after the end
             "owner": owner,
-            "quota": None if quota is None else quota[0],  # the API draws overlays on the photo after the end
+            "quota": None if quota is None else quota[0],
         }
         effects: list[Effect] = [
             ("put", f"{_PREFIX}{spec.job_id}:pixels:{index}", data, self.ttl_s) for index, data in enumerate(pixels)
@@ -370,7 +370,7 @@ class JobRecords:
                 f"{_PREFIX}{job_id}:spec",
                 self._map_key(job_id, attempt, name),
                 f"{_PREFIX}{job_id}:pixels:{image}",
-                self._map_key(job_id, attempt, f"{name}.png:{png}"),
+                self._png_key(job_id, attempt, name, png),
             ]
         )
         if spec is None or values is None:
@@ -379,7 +379,7 @@ class JobRecords:
 
     def keep_png(self, source: MapSource, name: str, png_name: str, png: bytes) -> None:
         """Keep a drawn PNG for the next request of the same map, drawn the same way."""
-        self.kv.put(self._map_key(source.job_id, source.attempt, f"{name}.png:{png_name}"), png, self.ttl_s)
+        self.kv.put(self._png_key(source.job_id, source.attempt, name, png_name), png, self.ttl_s)
 
     # -- internals --
     @staticmethod
@@ -389,6 +389,11 @@ class JobRecords:
     @staticmethod
     def _map_key(job_id: str, attempt: int, name: str) -> str:
         return f"{_PREFIX}{job_id}:map:{attempt}:{name}"
+
+    @classmethod
+    def _png_key(cls, job_id: str, attempt: int, name: str, drawn_as: str) -> str:
+        """A PNG drawn from the map ``name``, kept beside it."""
+        return cls._map_key(job_id, attempt, f"{name}.png:{drawn_as}")
 
     def _record(self, job_id: str) -> Document | None:
         raw = self.kv.get(self._key(job_id))

@@ -171,8 +171,7 @@ class JobRunner:
             try:
                 result = result_of(job.spec, share, self.host, maps.__setitem__)
             except ServiceError as error:
-                info = ErrorInfo(code=error.code, message=error.message, field=error.field)
-                ends.append((job, End(job.lease, "failed", error=info, timings_ms=timings)))
+                ends.append((job, End(job.lease, "failed", error=_info(error), timings_ms=timings)))
                 continue
             ends.append((job, End(job.lease, "succeeded", result=result, timings_ms=timings, maps=maps)))
         self._end_all(ends)
@@ -255,8 +254,7 @@ class JobRunner:
         return checkpoint
 
     def _end_now(self, job: Job, state: str, error: ServiceError, timings: dict[str, float] | None = None) -> None:
-        info = ErrorInfo(code=error.code, message=error.message, field=error.field)
-        self._end(job, state, error=info, timings=timings or {})
+        self._end(job, state, error=_info(error), timings=timings or {})
 
     def _end(self, job: Job, state: str, *, error: ErrorInfo | None = None, timings: dict[str, float]) -> None:
         self._end_all([(job, End(job.lease, state, error=error, timings_ms=timings))])
@@ -274,6 +272,11 @@ class JobRunner:
             job.outcome = end.state if landed else "lease_lost"
             if landed and end.state == "failed" and end.error is not None:
                 self.telemetry.record_failure(end.error.code)
+
+
+def _info(error: ServiceError) -> ErrorInfo:
+    """A failure as a job's record carries it."""
+    return ErrorInfo(code=error.code, message=error.message, field=error.field)
 
 
 class JobTimeout(Exception):
