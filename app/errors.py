@@ -91,7 +91,8 @@ def install(app: FastAPI) -> None:
         code = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed}.get(
             error.status_code, ErrorCode.invalid_request
         )
-        field = "body" if error.status_code == 400 else None  # Starlette's multipart parser refused the body
+        # 400: Starlette's multipart parser refused the body; 404: no route; 405: the route has no such method
+        field = {400: "body", 404: "path", 405: "method"}.get(error.status_code)
         body = {"error": {"code": code.value, "message": str(error.detail), "field": field}}
         return JSONResponse(body, status_code=error.status_code)
 

@@ -55,7 +55,7 @@ class Watch:
                 self.event.clear()  # before the read: an end published after it sets the event again
                 view = await run_in_threadpool(self.records.view, self.job_id)
                 if view is None:
-                    raise ServiceError(ErrorCode.job_not_found, f"job {self.job_id} expired while waiting")
+                    raise ServiceError(ErrorCode.job_not_found, f"job {self.job_id} expired while waiting", "job_id")
             remaining = deadline - time.monotonic()
             if view.state in TERMINAL_STATES or remaining <= 0:
                 return view

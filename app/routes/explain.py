@@ -84,7 +84,7 @@ async def read_body(
             return form_type.model_validate_json(raw), files
         except ValidationError as error:
             raise _invalid(error, "options") from None
-    raise ServiceError(ErrorCode.unsupported_media_type, "send application/json or multipart/form-data")
+    raise ServiceError(ErrorCode.unsupported_media_type, "send application/json or multipart/form-data", "Content-Type")
 
 
 @router.post(

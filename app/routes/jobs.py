@@ -66,6 +66,7 @@ async def cancel_job(
 async def read_map(
     dispatcher: DispatcherDep,
     registry: RegistryDep,
+    settings: SettingsDep,
     owner: CallerDep,
     job_id: str = JobId,
     image: int = Path(ge=0),
@@ -84,7 +85,28 @@ async def read_map(
     name = f"{image}/{method}/{target}"
     png = await run_in_threadpool(draw_map, dispatcher.records, registry, job_id, owner, image, name, form, recolour)
     if png is None:
-        raise ServiceError(
-            ErrorCode.map_not_found, f"job {job_id} has no {form} for image {image}, method {method!r}, target {target}"
-        )
+        view = await run_in_threadpool(dispatcher.records.view, job_id, owner)
+        raise _no_map(view, job_id, settings.result_ttl_s, image, method, target, form)
     return Response(png, media_type="image/png")
+
+
+def _no_map(
+    view: JobView | None, job_id: str, ttl_s: int, image: int, method: str, target: int, form: str
+) -> ServiceError:
+    """Why a job has no such map, naming the part of the path (or the query) that does not match."""
+    if view is None:
+        return _missing(job_id, ttl_s)
+    if view.result is None:
+        return ServiceError(ErrorCode.map_not_found, f"job {job_id} is {view.state}: it has no maps", "job_id")
+    if image >= len(view.result.images):
+        count = len(view.result.images)
+        return ServiceError(ErrorCode.map_not_found, f"job {job_id} has {count} image(s), numbered from 0", "image")
+    maps = view.result.images[image].maps
+    if method not in {entry.method for entry in maps}:
+        return ServiceError(ErrorCode.map_not_found, f"job {job_id} ran {', '.join(view.methods)}", "method")
+    targets = sorted({entry.target for entry in maps if entry.method == method})
+    if target not in targets:
+        message = f"image {image} of job {job_id} was explained for targets {targets}"
+        return ServiceError(ErrorCode.map_not_found, message, "target")
+    message = f"job {job_id} did not ask for {form} maps, or their photo has expired"
+    return ServiceError(ErrorCode.map_not_found, message, "form")

@@ -161,7 +161,7 @@ def test_other_bodies_and_routes(client):
         client.post("/explain", content=b"model=x", headers={"content-type": "text/plain"}),
         415,
         "unsupported_media_type",
-        None,
+        "Content-Type",
     )
     assert_error(
         client.post("/explain", content=b"{broken", headers={"content-type": "application/json"}),
@@ -171,12 +171,12 @@ def test_other_bodies_and_routes(client):
     )
     assert_error(client.get("/jobs/" + "0" * 32), 404, "job_not_found", "job_id")
     assert_error(client.get("/jobs/not-a-job"), 422, "invalid_request", "job_id")
-    assert_error(client.get("/jobs/" + "0" * 32 + "/maps/0/gradcam/1.png"), 404, "map_not_found", None)
+    assert_error(client.get("/jobs/" + "0" * 32 + "/maps/0/gradcam/1.png"), 404, "job_not_found", "job_id")
     assert_error(client.delete("/jobs/" + "0" * 32), 404, "job_not_found", "job_id")
     assert_error(client.get("/models/resnet"), 404, "unknown_model", "name")
     assert_error(client.get("/methods/lime"), 404, "unknown_method", "name")
-    assert_error(client.get("/nowhere"), 404, "not_found", None)
-    assert_error(client.put("/explain"), 405, "method_not_allowed", None)
+    assert_error(client.get("/nowhere"), 404, "not_found", "path")
+    assert_error(client.put("/explain"), 405, "method_not_allowed", "method")
     assert_error(
         client.post("/predict", json={"model": "lenet5-shapes", "images": [b64(b"x")]}),
         422,
@@ -190,7 +190,11 @@ def test_a_finished_job_cannot_be_cancelled(client):
     assert job["state"] == "succeeded"
     assert_error(client.delete(f"/jobs/{job['job_id']}"), 409, "job_finished", "job_id")
     url = job["result"]["images"][0]["maps"][0]["heatmap_url"]
-    assert_error(client.get(url.replace("/gradcam/", "/gradient/")), 404, "map_not_found", None)
+    target = job["result"]["images"][0]["maps"][0]["target"]
+    assert_error(client.get(url.replace("/gradcam/", "/gradient/")), 404, "map_not_found", "method")
+    assert_error(client.get(url.replace("/maps/0/", "/maps/1/")), 404, "map_not_found", "image")
+    assert_error(client.get(url.replace(f"/{target}.png", f"/{target + 1}.png")), 404, "map_not_found", "target")
+    assert_error(client.get(url + "?form=overlay"), 404, "map_not_found", "form")
 
 
 @pytest.mark.parametrize(
@@ -220,7 +224,10 @@ def test_exif_orientation_is_applied():
 
 
 def test_an_animation_uses_its_first_frame(client):
-    frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    """A GIF of 1,000 frames: only the first is decoded."""
+    frames = [Image.new("RGB", (32, 32), (255, 0, 0))] + [
+        Image.new("RGB", (32, 32), (0, 0, i % 256)) for i in range(999)
+    ]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     from core.images import decode_image
@@ -262,4 +269,4 @@ def test_limits_and_expiry(strict_api):
         time.sleep(2.5)
         assert_error(http.get(f"/jobs/{job['job_id']}"), 404, "job_not_found", "job_id")
         assert "expired" in http.get(f"/jobs/{job['job_id']}").json()["error"]["message"]
-        assert_error(http.get(url), 404, "map_not_found", None)
+        assert_error(http.get(url), 404, "job_not_found", "job_id")

@@ -51,13 +51,16 @@ MULTIPART_HEAD = (
 JSON_HEAD = b'{"model": "lenet5-shapes", "methods": [{"name": "gradcam"}], "images": ["'
 
 
-def send_until_answered(base: str, content_type: str, head: bytes) -> tuple[int, bytes]:
-    """POST /explain with a chunked body that would go on for ``SENT_AT_MOST`` bytes, stopping as soon as
-    the server answers: (bytes of body sent by then, the answer's first bytes)."""
+def send_until_answered(
+    base: str, content_type: str, head: bytes, request_line: bytes = b"POST /explain"
+) -> tuple[int, bytes]:
+    """A request (``POST /explain`` unless told) with a chunked body that would go on for ``SENT_AT_MOST``
+    bytes, stopping as soon as the server answers: (bytes of body sent by then, the answer's first bytes)."""
     url = httpx.URL(base)
     with socket.create_connection((url.host, url.port), timeout=30) as connection:
         connection.sendall(
-            b"POST /explain HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+            request_line
+            + b" HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
             + f"Content-Type: {content_type}\r\n\r\n".encode()
         )
         sent, chunk = 0, head + b"A" * CHUNK
@@ -109,3 +112,19 @@ def test_a_chunked_body_over_the_limit_is_cut_off_near_the_limit(small_api, cont
     assert not spooled, spooled
     with httpx.Client(base_url=base, timeout=60) as http:
         assert http.get("/healthz").status_code == 200, "the API still answers"
+
+
+@pytest.mark.parametrize(
+    "request_line, status",
+    [(b"GET /models", b"200"), (b"DELETE /jobs/" + b"0" * 32, b"404"), (b"GET /healthz", b"200")],
+)
+def test_a_route_that_takes_no_body_answers_without_reading_one(small_api, request_line, status):
+    """Routes without a body (reads, cancellation, probes) never read one: a client streaming 200 MB at
+    them is answered at once and the API does not grow."""
+    base, api = small_api
+    rss_before = rss_bytes(api.process.pid)
+    sent, answer = send_until_answered(base, "application/octet-stream", b"", request_line)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert sent < 16 * 1024 * 1024, f"{sent} bytes were sent before the answer"
+    growth = rss_bytes(api.process.pid) - rss_before
+    assert growth < 20 * 1024 * 1024, f"the API grew by {growth / 1e6:.1f} MB"
