@@ -35,7 +35,8 @@ def _with_allocator(argv: list[str]) -> None:
 
 
 def worker_health(settings: Settings) -> int:
-    """0 when a worker process of this host beats and has loaded every model it is meant to serve."""
+    """0 when a worker process of this host beats, has finished loading, and serves a model (those that
+    failed to load are reported, and shown by the API: a restart would not mend them)."""
     from core.kv_redis import RedisKeyValue
     from core.telemetry import Telemetry
     from models.registry import ModelRegistry
@@ -49,8 +50,9 @@ def worker_health(settings: Settings) -> int:
         return 1
     mine = {name: beat for name, beat in beats.items() if name.split(":")[0].endswith(f"@{host}")}
     for name, beat in mine.items():
-        if wanted <= set(beat.get("models", [])):
-            print(f"healthy: {name} serves {sorted(wanted)}")
+        served, failed = set(beat.get("models", [])), set(beat.get("failed", {}))
+        if served and not beat.get("loading") and wanted <= served | failed:  # a failed model is shown, not retried
+            print(f"healthy: {name} serves {sorted(served)}" + (f"; failed to load {sorted(failed)}" if failed else ""))
             return 0
     print(f"unhealthy: no worker process of {host} serves {sorted(wanted)}: {mine or 'no heartbeat'}")
     return 1

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.waiting import JobWaiters
+from core.capabilities import Capabilities
 from core.contract import JobSpec, JobView
 from core.errors import ErrorCode, ServiceError
 from core.jobs import JobRecords
@@ -41,7 +42,7 @@ class Dispatcher(ABC):
         self.records = JobRecords(kv, settings.result_ttl_s)
         self.telemetry = Telemetry(kv)
         self.waiters = JobWaiters(self.records)
-        self._layers: dict[str, tuple[float, list[str] | None]] = {}
+        self._capabilities: dict[str, tuple[float, Capabilities | None]] = {}
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> None:
@@ -79,18 +80,17 @@ class Dispatcher(ABC):
     @abstractmethod
     def queue_depth(self) -> dict[str, int]: ...
 
-    def layers(self, model: str) -> list[str] | None:
-        """The model's layers usable by layer methods, once a worker has loaded it (read again after
-        ``WORKERS_CACHE_S``)."""
-        at, layers = self._layers.get(model, (0.0, None))
+    def capabilities(self, model: str) -> Capabilities | None:
+        """What the model can do, once a worker has loaded it (read again after ``WORKERS_CACHE_S``)."""
+        at, found = self._capabilities.get(model, (0.0, None))
         if time.monotonic() - at <= WORKERS_CACHE_S:
-            return layers
+            return found
         try:
-            layers = self.telemetry.layers(model)
-        except Exception:  # the store is away: the worker checks the layer itself
+            found = self.telemetry.capabilities(model)
+        except Exception:  # the store is away: the worker checks the request itself
             return None
-        self._layers[model] = (time.monotonic(), layers)
-        return layers
+        self._capabilities[model] = (time.monotonic(), found)
+        return found
 
     def close(self) -> None:
         self.waiters.close()
@@ -108,7 +108,7 @@ class EmbeddedDispatcher(Dispatcher):
         self.host = ModelHost(registry, settings.device)
         self.host.load_all()
         for name in self.host.served:
-            self.telemetry.put_layers(name, self.host.layers(name))
+            self.telemetry.put_capabilities(name, self.host.capabilities(name))
         self.runner = JobRunner(self.records, self.telemetry, self.host, settings, owner="embedded")
         self._pool = ThreadPoolExecutor(
             settings.embedded_workers, thread_name_prefix="xai-job", initializer=self.runner.enter_thread
@@ -134,15 +134,20 @@ class EmbeddedDispatcher(Dispatcher):
             self._slots.release()
 
     def models(self) -> dict[str, dict[str, Any]]:
-        return {
-            name: {"workers": ["embedded"] if name in self.host.served else [], "errors": {}}
-            for name in self.host.registry.names()
-        } | {name: {"workers": [], "errors": {"embedded": error}} for name, error in self.host.failed.items()}
+        return (
+            {
+                name: {"workers": ["embedded"] if name in self.host.served else [], "errors": {}}
+                for name in self.host.registry.names()
+            }
+            | {name: {"workers": [], "errors": {"embedded": error}} for name, error in self.host.failed.items()}
+            | _broken(self.host.registry)
+        )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         alive = not self._pool._shutdown
         detail = {"mode": "embedded", "pool": "up" if alive else "down", "models": self.host.served}
-        return alive and bool(self.host.served), detail | {"failed": self.host.failed}
+        failed = self.host.failed | self.host.registry.broken
+        return alive and bool(self.host.served), detail | {"failed": failed}
 
     def queue_depth(self) -> dict[str, int]:
         return {"embedded": self._waiting}
@@ -162,6 +167,7 @@ class CeleryDispatcher(Dispatcher):
         self.celery = make_celery(settings)
         self._queue_of = queue_of
         self._names = registry.names()
+        self._registry = registry
         self._seen: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._lock = threading.Lock()
 
@@ -186,7 +192,8 @@ class CeleryDispatcher(Dispatcher):
     def models(self) -> dict[str, dict[str, Any]]:
         workers = self._workers()
         served, errors = serving(workers), load_errors(workers)
-        return {name: {"workers": served.get(name, []), "errors": errors.get(name, {})} for name in self._names}
+        found = {name: {"workers": served.get(name, []), "errors": errors.get(name, {})} for name in self._names}
+        return found | _broken(self._registry)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         try:
@@ -200,6 +207,8 @@ class CeleryDispatcher(Dispatcher):
             "broker": "up",
             "workers": workers,
             "models": {name: len(served.get(name, [])) for name in self._names},
+            "failed": load_errors(workers)
+            | {name: {"manifest": error} for name, error in self._registry.broken.items()},
         }
         return bool(served), detail
 
@@ -209,6 +218,11 @@ class CeleryDispatcher(Dispatcher):
             return {model: int(client.llen(self._queue_of(model))) for model in self._names}
         except Exception:
             return {}
+
+
+def _broken(registry: ModelRegistry) -> dict[str, dict[str, Any]]:
+    """Models whose manifests are broken, as ``models()`` shows them: no worker, the manifest's error."""
+    return {name: {"workers": [], "errors": {"manifest": error}} for name, error in registry.broken.items()}
 
 
 def make_dispatcher(settings: Settings, registry: ModelRegistry) -> Dispatcher:

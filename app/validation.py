@@ -10,15 +10,16 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from core.capabilities import Capabilities
 from core.contract import ExplainOptions, JobSpec, TopK
 from core.errors import ErrorCode, ServiceError
 from core.images import ImageRejected, decode_image
 from core.methods import METHODS, MethodCallBase
 from core.settings import Settings
-from models.manifest import Manifest, UnknownModelError
+from models.manifest import Manifest, ModelUnavailableError, UnknownModelError
 from models.registry import ModelRegistry
 
-Layers = Callable[[str], list[str] | None]  # model -> its layers usable by layer methods, once known
+CapabilitiesOf = Callable[[str], Capabilities | None]  # model -> what it can do, once a worker loaded it
 
 
 def manifest_of(registry: ModelRegistry, model: str, field: str = "model") -> Manifest:
@@ -26,9 +27,11 @@ def manifest_of(registry: ModelRegistry, model: str, field: str = "model") -> Ma
         return registry.manifest(model)
     except UnknownModelError as error:
         raise ServiceError(ErrorCode.unknown_model, str(error), field) from None
+    except ModelUnavailableError as error:  # its manifest is broken: no worker will ever serve it
+        raise ServiceError(ErrorCode.no_worker, str(error), field) from None
 
 
-def check_methods(calls: list[MethodCallBase], manifest: Manifest, layers: Layers) -> None:
+def check_methods(calls: list[MethodCallBase], manifest: Manifest, capabilities: CapabilitiesOf) -> None:
     seen: set[str] = set()
     for index, call in enumerate(calls):
         method = METHODS[call.name]
@@ -43,15 +46,22 @@ def check_methods(calls: list[MethodCallBase], manifest: Manifest, layers: Layer
                 f"method {call.name!r} needs an OoD head, which model {manifest.name!r} lacks",
                 f"methods[{index}].name",
             )
+        known = capabilities(manifest.name)
+        if known is None:  # no worker has loaded the model yet: the worker checks the call
+            continue
+        if call.name in known.unavailable:
+            raise ServiceError(
+                ErrorCode.method_unavailable,
+                f"method {call.name!r} does not run on model {manifest.name!r}: {known.unavailable[call.name]}",
+                f"methods[{index}].name",
+            )
         layer = getattr(call.params, "layer", None)
-        if layer is not None:
-            known = layers(manifest.name)
-            if known is not None and layer not in known:
-                raise ServiceError(
-                    ErrorCode.unknown_layer,
-                    f"layer {layer!r} is not a spatial layer of {manifest.name!r} (see GET /models/{manifest.name})",
-                    f"methods[{index}].params.layer",
-                )
+        if layer is not None and layer not in known.layers.get(call.name, []):
+            raise ServiceError(
+                ErrorCode.unknown_layer,
+                f"layer {layer!r} of {manifest.name!r} cannot serve {call.name!r} (see GET /models/{manifest.name})",
+                f"methods[{index}].params.layer",
+            )
 
 
 def resolve_targets(
@@ -125,10 +135,14 @@ def decode_all(files: list[bytes], settings: Settings, manifest: Manifest) -> tu
 
 
 def build_spec(
-    options: ExplainOptions, files: list[bytes], registry: ModelRegistry, layers: Layers, settings: Settings
+    options: ExplainOptions,
+    files: list[bytes],
+    registry: ModelRegistry,
+    capabilities: CapabilitiesOf,
+    settings: Settings,
 ) -> tuple[JobSpec, list[bytes]]:
     manifest = manifest_of(registry, options.model)
-    check_methods(options.methods, manifest, layers)
+    check_methods(options.methods, manifest, capabilities)
     pixels, sizes = decode_all(files, settings, manifest)
     targets, top_k = resolve_targets(options.targets, manifest, len(files), settings)
     spec = JobSpec(

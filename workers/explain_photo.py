@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from core.methods import METHODS
 from core.render import heatmap, overlay
 from models.manifest import Manifest
 from models.preprocessing import map_to_photo, preprocess, to_rgb
@@ -63,13 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     print("top classes:", ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
 
     host = ModelHost(registry)
-    context = Context(network, manifest.gradcam_layer, seed=0, ood_net=host.ood_net(args.model))
+    capabilities = host.capabilities(args.model)
+    context = Context(network, capabilities.default_layer or "", seed=0, ood_net=host.ood_net(args.model))
     args.out.mkdir(parents=True, exist_ok=True)
     height, width = manifest.preprocessing.size
     occlusion = {"window": (max(1, height // 16), max(1, width // 16))}  # 14 x 14 at 224, 2 x 2 at 32
     for call in all_calls(**QUICK, occlusion=occlusion):
-        if METHODS[call.name].needs_ood_head and context.ood_net is None:
-            print(f"{call.name:28s} skipped: {args.model} has no OoD head")
+        if call.name in capabilities.unavailable:
+            print(f"{call.name:28s} skipped: {capabilities.unavailable[call.name]}")
             continue
         start = time.perf_counter()
         maps = explain(call, build_explainer(call, context), inputs, targets, lambda fraction: None)[0]

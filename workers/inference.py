@@ -62,10 +62,16 @@ def compute(
     flat = [photo for job in photos for photo in job]
     inputs = torch.from_numpy(np.stack([preprocess(photo, manifest.preprocessing) for photo in flat]))
     inputs = inputs.to(host.device).contiguous(memory_format=torch.channels_last)
+    capabilities = host.capabilities(first.model)
+    for index, call in enumerate(first.methods):  # the API checked this too, if it knew the model by then
+        if call.name in capabilities.unavailable:
+            why = capabilities.unavailable[call.name]
+            message = f"method {call.name!r} does not run on model {first.model!r}: {why}"
+            raise ServiceError(ErrorCode.method_unavailable, message, f"methods[{index}].name")
     with host.lock(first.model):
         network = host.network(first.model)
         ood = host.ood_net(first.model)
-        context = Context(network, manifest.gradcam_layer, first.seed, ood)
+        context = Context(network, capabilities.default_layer or "", first.seed, ood)
         lead = _lead(specs, context)
         started = time.perf_counter()
         if lead is None:

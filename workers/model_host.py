@@ -1,7 +1,9 @@
-"""The models one worker process holds: networks, OoD heads, their layers, one lock each.
+"""The models one worker process holds: networks, OoD heads, what each can do, one lock each.
 
 Each model loads on its own: one that fails is recorded in ``failed`` with its error, and the
-others are served (``served``).
+others are served (``served``). A model that loads but cannot run some methods (a TorchScript archive
+takes no hooks; a model without an OoD head has no RISEPlus) is served with those methods listed as
+unavailable, with the reason (:class:`core.capabilities.Capabilities`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from core.capabilities import Capabilities
+from core.methods import METHODS
 from models.loading import sha256_of
-from models.manifest import Manifest, WeightsError
+from models.manifest import Manifest, ModelLoadError, WeightsError
 from models.registry import ModelRegistry
 from workers.xai import OoDNet
 
 log = logging.getLogger(__name__)
+
+SCRIPTED = (
+    "a TorchScript network runs in the TorchScript interpreter: its layers take no hooks and its "
+    "rectifiers no backward rules; serve it as a state dict with its architecture for this method"
+)
 
 
 class ModelHost:
@@ -32,8 +41,9 @@ class ModelHost:
         self.failed: dict[str, str] = {}  # model -> why it did not load
         self._locks = {name: threading.Lock() for name in registry.names()}
         self._ood: dict[str, OoDNet | None] = {}
-        self._layers: dict[str, list[str]] = {}
-        self._guard = threading.Lock()
+        self._ood_errors: dict[str, str] = {}
+        self._capabilities: dict[str, Capabilities] = {}
+        self._guard = threading.RLock()
 
     def manifest(self, name: str) -> Manifest:
         return self.registry.manifest(name)
@@ -46,9 +56,14 @@ class ModelHost:
         return self._locks[name]
 
     def ood_net(self, name: str) -> OoDNet | None:
+        """The model's OoD head; None without one, or when it did not load (``capabilities`` says why)."""
         with self._guard:
             if name not in self._ood:
-                self._ood[name] = self._load_ood(self.manifest(name))
+                try:
+                    self._ood[name] = self._load_ood(self.manifest(name))
+                except Exception as error:  # the model serves on without RISEPlus and OoD scores
+                    log.error("model %s: its OoD head did not load: %s", name, error)
+                    self._ood[name], self._ood_errors[name] = None, f"its OoD head did not load: {error}"
             return self._ood[name]
 
     def _load_ood(self, manifest: Manifest) -> OoDNet | None:
@@ -60,17 +75,49 @@ class ModelHost:
             raise WeightsError(
                 f"model {manifest.name!r}: OoD head {path} has SHA-256 {found}, expected {manifest.ood_head.sha256}"
             )
+        if scripted(self.network(manifest.name)):
+            raise ModelLoadError("an OoD head reads a layer of the network, and a TorchScript network takes no hooks")
         network = self.network(manifest.name)
         ood = OoDNet(network, manifest.num_classes).load(path).to(self.device)
         ood.set_train(False)
         return ood
 
     def layers(self, name: str) -> list[str]:
-        """Modules that produce a 4-D activation exactly once per forward pass: GradCAM's choices."""
+        """Modules that produce a 4-D activation exactly once per forward pass: the layer methods' choices."""
+        found = self.capabilities(name).layers.values()
+        return list(dict.fromkeys(layer for layers in found for layer in layers))  # in forward order
+
+    def capabilities(self, name: str) -> Capabilities:
+        """The methods that run on the model and the layers each layer method may use, found by one forward
+        pass. ModelLoadError when the manifest's ``gradcam_layer`` cannot serve the layer methods."""
         with self._guard:
-            if name not in self._layers:
-                self._layers[name] = self._spatial_layers(name)
-            return self._layers[name]
+            if name not in self._capabilities:
+                self._capabilities[name] = self._find_capabilities(name)
+            return self._capabilities[name]
+
+    def _find_capabilities(self, name: str) -> Capabilities:
+        manifest = self.manifest(name)
+        network = self.network(name)
+        unavailable: dict[str, str] = {}
+        if scripted(network):
+            spatial: list[str] = []
+            unavailable |= {m: SCRIPTED for m, method in METHODS.items() if method.uses_layer or method.rectifies}
+        else:
+            spatial = self._spatial_layers(name)
+        if manifest.gradcam_layer and manifest.gradcam_layer not in spatial:
+            choices = ", ".join(spatial[-5:]) if spatial else "none"
+            raise ModelLoadError(
+                f"model {name!r}: field 'gradcam_layer': {manifest.gradcam_layer!r} is not a layer that gives a "
+                f"(N, C, h, w) activation once per forward pass (the last such layers: {choices})"
+            )
+        for method_name, method in METHODS.items():
+            if method.uses_layer and not spatial and method_name not in unavailable:
+                unavailable[method_name] = "no layer of the network gives a (N, C, h, w) activation once per pass"
+            if method.needs_ood_head and self.ood_net(name) is None:
+                unavailable[method_name] = self._ood_errors.get(name, "the model has no OoD head (ood_head)")
+        layers = {m: spatial for m, method in METHODS.items() if method.uses_layer and m not in unavailable}
+        default = manifest.gradcam_layer or (spatial[-1] if spatial else None)
+        return Capabilities(default_layer=default, layers=layers, unavailable=unavailable)
 
     def _spatial_layers(self, name: str) -> list[str]:
         network = self.network(name)
@@ -97,10 +144,14 @@ class ModelHost:
         for name in self.wanted:
             try:
                 self.network(name)
-                self.ood_net(name)
-                self.layers(name)
+                self.capabilities(name)
             except Exception as error:  # any failure of a user's model: it is unavailable, the rest serve
                 log.error("model %s failed to load: %s: %s", name, type(error).__name__, error)
                 self.failed[name] = f"{type(error).__name__}: {error}"
             else:
                 self.served.append(name)
+
+
+def scripted(network: nn.Module) -> bool:
+    """A TorchScript network, or one holding one: hooks and torch function modes do not reach inside."""
+    return any(isinstance(module, torch.jit.ScriptModule) for module in network.modules())

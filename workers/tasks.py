@@ -66,7 +66,7 @@ class WorkerProcess:
         try:
             self.host.load_all()
             for model in self.host.served:
-                self.telemetry.put_layers(model, self.host.layers(model))
+                self.telemetry.put_capabilities(model, self.host.capabilities(model))
         except Exception:
             log.exception("loading the models failed")
         finally:

@@ -10,32 +10,46 @@ from pydantic import BaseModel, Field
 
 from app.auth import caller
 from app.deps import DispatcherDep, RegistryDep
+from app.dispatch import Dispatcher
 from app.routes.responses import ERRORS
 from app.validation import manifest_of
 from core.errors import ErrorCode, ServiceError
 from core.kv import STORE_ERRORS
 from core.methods import METHODS
-from models.manifest import Manifest
+from models.registry import ModelRegistry
 
 router = APIRouter(tags=["catalog"], dependencies=[Depends(caller)])
 
 
 class ModelSummary(BaseModel):
     name: str
-    version: str
-    description: str
-    num_classes: int
-    input_size: list[int] = Field(min_length=2, max_length=2, description="(height, width) of the network's input")
-    gradcam_layer: str
-    has_ood_head: bool
+    available: bool = Field(description="A live worker has loaded the model: jobs for it run.")
+    error: str | None = Field(
+        None, description="Why the model is not available: its manifest's error, or a worker's load error."
+    )
+    version: str | None = Field(description="Null when the model's manifest cannot be read (see error).")
+    description: str | None
+    num_classes: int | None
+    input_size: list[int] | None = Field(
+        min_length=2, max_length=2, description="(height, width) of the network's input"
+    )
+    gradcam_layer: str | None = Field(description="The manifest's default layer for layer methods.")
+    has_ood_head: bool | None
 
 
 class ModelDetail(ModelSummary):
     labels: list[str]
-    layers: list[str] | None = None
-    preprocessing: dict[str, Any]
+    methods: list[str] | None = Field(description="The methods that run on the model; null until a worker loaded it.")
+    unavailable_methods: dict[str, str] = Field(
+        default_factory=dict, description="Methods that do not run on the model, with the reason."
+    )
+    layers: dict[str, list[str]] | None = Field(
+        None, description="Per layer method, the layers it may use; null until a worker loaded the model."
+    )
+    default_layer: str | None = Field(None, description="The layer a layer method uses when the request names none.")
+    preprocessing: dict[str, Any] | None
     workers: list[str] = Field(description="Live workers that loaded the model; jobs for it get 503 while empty.")
-    load_errors: dict[str, str] = Field(description="Per worker, why it could not load the model.")
+    load_errors: dict[str, str] = Field(description="Per worker (or 'manifest'), why the model could not be loaded.")
 
 
 class MethodInfo(BaseModel):
@@ -50,9 +64,18 @@ class MethodInfo(BaseModel):
     stochastic: bool
 
 
-def _summary(manifest: Manifest) -> dict[str, Any]:
-    return {
-        "name": manifest.name,
+def _summary(registry: ModelRegistry, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    workers, errors = state.get("workers", []), state.get("errors", {})
+    found: dict[str, Any] = {
+        "name": name,
+        "available": bool(workers),
+        "error": None if workers else next(iter(errors.values()), None),
+    }
+    if name in registry.broken:
+        keys = ("version", "description", "num_classes", "input_size", "gradcam_layer", "has_ood_head")
+        return found | dict.fromkeys(keys) | {"error": registry.broken[name]}
+    manifest = registry.manifest(name)
+    return found | {
         "version": manifest.version,
         "description": manifest.description,
         "num_classes": manifest.num_classes,
@@ -62,27 +85,45 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+async def _states(dispatcher: Dispatcher) -> dict[str, dict[str, Any]]:
+    try:
+        return await run_in_threadpool(dispatcher.models)
+    except STORE_ERRORS:  # the store is away: the models are described, their workers are unknown
+        return {}
+
+
 @router.get("/models", response_model=list[ModelSummary], operation_id="list_models")
-def list_models(registry: RegistryDep) -> list[ModelSummary]:
-    return [ModelSummary(**_summary(registry.manifest(name))) for name in registry.names()]
+async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[ModelSummary]:
+    """Every model, the unavailable ones with the reason."""
+    states = await _states(dispatcher)
+    names = sorted([*registry.names(), *registry.broken])
+    return [ModelSummary(**_summary(registry, name, states.get(name, {}))) for name in names]
 
 
 @router.get("/models/{name}", response_model=ModelDetail, operation_id="get_model", responses=ERRORS)
 async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep) -> ModelDetail:
-    """A model's labels, input, the layers layer methods may use (null until a worker loaded it), and its workers."""
-    manifest = manifest_of(registry, name, "name")
-    layers = await run_in_threadpool(dispatcher.layers, manifest.name)
-    try:
-        state = (await run_in_threadpool(dispatcher.models)).get(manifest.name, {})
-    except STORE_ERRORS:  # the store is away: the model is described, its workers are unknown
-        state = {}
+    """A model's labels and input, the methods that run on it and the layers each layer method may use (null
+    until a worker loaded it), and its workers or why it is unavailable."""
+    if name not in registry.broken:
+        manifest_of(registry, name, "name")
+    state = (await _states(dispatcher)).get(name, {})
+    summary = _summary(registry, name, state)
+    if name in registry.broken:
+        return ModelDetail(
+            **summary, labels=[], methods=None, preprocessing=None, workers=[], load_errors=state.get("errors", {})
+        )
+    manifest = registry.manifest(name)
+    capabilities = await run_in_threadpool(dispatcher.capabilities, name)
     return ModelDetail(
+        **summary,
+        labels=list(manifest.labels),
+        methods=None if capabilities is None else [m for m in METHODS if m not in capabilities.unavailable],
+        unavailable_methods={} if capabilities is None else capabilities.unavailable,
+        layers=None if capabilities is None else capabilities.layers,
+        default_layer=None if capabilities is None else capabilities.default_layer,
+        preprocessing=manifest.preprocessing.model_dump(mode="json"),
         workers=state.get("workers", []),
         load_errors=state.get("errors", {}),
-        **_summary(manifest),
-        labels=list(manifest.labels),
-        layers=layers,
-        preprocessing=manifest.preprocessing.model_dump(mode="json"),
     )
 
 

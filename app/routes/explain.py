@@ -106,7 +106,7 @@ async def create_explanation(
 ) -> JobView:
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
     options, files = await read_body(request, ExplainJSON, ExplainOptions)
-    spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.layers, settings)
+    spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.capabilities, settings)
     with dispatcher.waiters.watching(spec.job_id) as watch:
         view = await run_in_threadpool(dispatcher.enqueue, spec, pixels, caller.owner, caller.quota)
         request.app.state.metrics.jobs.labels(spec.model).inc()

@@ -11,7 +11,14 @@ import torch
 
 from models.lenet5 import LeNet5
 from models.loading import sha256_of
-from models.manifest import ManifestError, ModelLoadError, UnknownModelError, WeightsError, read_manifest
+from models.manifest import (
+    ManifestError,
+    ModelLoadError,
+    ModelUnavailableError,
+    UnknownModelError,
+    WeightsError,
+    read_manifest,
+)
 from models.registry import BUNDLED, ModelRegistry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
@@ -80,11 +87,17 @@ def edit(folder: Path, pattern: str, replacement: str) -> None:
         (r"^name = .*$", "name = [", r"cannot read the manifest"),
     ],
 )
-def test_a_broken_manifest_is_an_error_naming_file_and_field(user_dir, pattern, replacement, message):
+def test_a_broken_manifest_makes_its_model_unavailable_naming_file_and_field(user_dir, pattern, replacement, message):
+    edit(user_dir, r"^name = .*$", 'name = "mine"')
     edit(user_dir, pattern, replacement)
-    with pytest.raises(ManifestError, match=message) as caught:
-        ModelRegistry([user_dir])
-    assert str(user_dir / "manifest.toml") in str(caught.value)
+    registry = ModelRegistry([BUNDLED, user_dir])
+    assert registry.names() == ["efficientnet-lite0", "lenet5-shapes"], "the others are served"
+    assert len(registry.broken) == 1, registry.broken
+    name, error = next(iter(registry.broken.items()))
+    assert name == "mine", "known by the name it gives, or its folder's"
+    assert re.search(message, error) and str(user_dir / "manifest.toml") in error
+    with pytest.raises(ModelUnavailableError, match=message):
+        registry.manifest(name)
 
 
 def test_a_missing_model_directory_is_an_error(tmp_path):
@@ -92,9 +105,10 @@ def test_a_missing_model_directory_is_an_error(tmp_path):
         ModelRegistry([tmp_path / "nowhere"])
 
 
-def test_two_models_of_one_name_are_an_error(user_dir):
-    with pytest.raises(ManifestError, match="'lenet5-shapes' is also defined"):
-        ModelRegistry([BUNDLED, user_dir])
+def test_a_second_model_of_one_name_is_unavailable(user_dir):
+    registry = ModelRegistry([BUNDLED, user_dir])
+    assert "'lenet5-shapes' is also defined" in registry.broken["mine"], "known by its folder's name"
+    assert registry.manifest("lenet5-shapes").folder == BUNDLED / "lenet5-shapes"
 
 
 def test_weights_with_the_wrong_hash_are_refused_when_loaded(user_dir):
@@ -137,7 +151,7 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(user_dir):
 )
 def test_an_architecture_that_cannot_be_built_is_an_error(user_dir, architecture, message):
     edit(user_dir, r"^architecture = .*$", f'architecture = "{architecture}"')
-    with pytest.raises((ModelLoadError, ManifestError), match=message):
+    with pytest.raises((ModelLoadError, ModelUnavailableError), match=message):
         ModelRegistry([user_dir]).network("lenet5-shapes")
 
 

@@ -145,7 +145,10 @@ def test_catalog(client):
     assert models["lenet5-shapes"]["input_size"] == [32, 32]
     detail = client.get("/models/lenet5-shapes").json()
     assert detail["labels"][0] == "circle"
-    assert "conv2" in detail["layers"] and "fc1" not in detail["layers"]
+    assert "conv2" in detail["layers"]["gradcam"] and "fc1" not in detail["layers"]["gradcam"]
+    assert detail["default_layer"] == "conv2" and detail["available"] and detail["unavailable_methods"] == {}
+    assert set(detail["methods"]) == set(METHODS)
+    assert models["lenet5-shapes"]["available"] and models["lenet5-shapes"]["error"] is None
     methods = {m["name"]: m for m in client.get("/methods").json()}
     assert set(methods) == set(METHODS)
     assert methods["rise"]["defaults"]["num_masks"] == 6000

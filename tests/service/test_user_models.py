@@ -1,0 +1,141 @@
+"""Users' own models, in every format, served end to end in both modes beside the bundled ones; the
+broken ones unavailable with their errors while the others serve (tests/user_models.py writes them)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from models.registry import BUNDLED
+from tests.service.conftest import RedisServer, start_api, start_worker
+from tests.service.helpers import b64, encode, shape_photos
+from tests.user_models import BROKEN, GOOD, write_user_models
+
+PHOTOS = [b64(encode(photo)) for photo in shape_photos(2)]
+SCRIPTED_ONLY_MISSING = {"gradcam", "guided_gradcam", "layer_gradient_x_activation", "deconvolution", "guided_backprop"}
+
+
+@pytest.fixture(scope="module")
+def user_root(service_tmp: Path) -> Path:
+    return write_user_models(service_tmp / "user-models")
+
+
+@pytest.fixture(scope="module", params=["embedded", "celery"])
+def user_api(request: pytest.FixtureRequest, service_tmp: Path, user_root: Path) -> Iterator[str]:
+    dirs = f"{BUNDLED},{user_root}"
+    processes = []
+    if request.param == "embedded":
+        api, base = start_api(service_tmp, "api-user-models", model_dirs=dirs)
+    else:
+        (service_tmp / "redis-user-models").mkdir(exist_ok=True)
+        redis_server = RedisServer(service_tmp / "redis-user-models")
+        redis_server.start()
+        processes.append(start_worker(service_tmp, "worker-user-models", redis_server.url, model_dirs=dirs))
+        api, base = start_api(service_tmp, "api-user-models-celery", redis_url=redis_server.url, model_dirs=dirs)
+    yield base
+    for process in [api, *processes]:
+        process.stop()
+    if request.param == "celery":
+        redis_server.stop()
+
+
+def raw_maps(job: dict) -> dict[tuple[int, str], np.ndarray]:
+    found = {}
+    for image in job["result"]["images"]:
+        for entry in image["maps"]:
+            raw = entry["raw"]
+            values = np.frombuffer(base64.b64decode(raw["data"]), dtype="<f2").reshape(raw["shape"])
+            found[(image["index"], entry["method"])] = values.astype(np.float32)
+    return found
+
+
+def explain(http: httpx.Client, model: str, methods: list[str]) -> dict:
+    body = {
+        "model": model,
+        "methods": [{"name": name} for name in methods],
+        "images": PHOTOS,
+        "targets": [3, 7],
+        "outputs": ["raw"],
+    }
+    response = http.post("/explain?wait=60", json=body)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_every_format_classifies_and_explains_as_the_model_it_was_made_from(user_api):
+    """Each folder holds lenet5-shapes's weights: predictions agree to float precision, maps to float16's
+    (the raw maps travel as float16: 3 significant digits, so 2e-3 of the map's own range)."""
+    with httpx.Client(base_url=user_api, timeout=90) as http:
+        methods = ["gradient", "integrated_gradients", "occlusion", "gradcam"]
+        reference = explain(http, "lenet5-shapes", methods)
+        expected = raw_maps(reference)
+        for model in GOOD:
+            usable = [m for m in methods if not (model == "script-lenet" and m in SCRIPTED_ONLY_MISSING)]
+            job = explain(http, model, usable)
+            for mine, theirs in zip(job["result"]["images"], reference["result"]["images"], strict=True):
+                got = [(p["class_id"], p["probability"]) for p in mine["predictions"]]
+                want = [(p["class_id"], p["probability"]) for p in theirs["predictions"]]
+                assert [c for c, _ in got] == [c for c, _ in want], model
+                np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
+            for key, values in raw_maps(job).items():
+                scale = float(np.abs(expected[key]).max()) or 1.0
+                np.testing.assert_allclose(values, expected[key], atol=2e-3 * scale, err_msg=f"{model} {key}")
+
+
+def test_the_models_show_what_they_can_do(user_api):
+    with httpx.Client(base_url=user_api, timeout=30) as http:
+        scripted = http.get("/models/script-lenet").json()
+        assert scripted["available"] and scripted["methods"] is not None
+        assert set(scripted["unavailable_methods"]) == SCRIPTED_ONLY_MISSING | {"rise_plus"}
+        assert "TorchScript" in scripted["unavailable_methods"]["gradcam"]
+        assert "OoD head" in scripted["unavailable_methods"]["rise_plus"]
+        assert {"gradient", "integrated_gradients", "occlusion", "rise"} <= set(scripted["methods"])
+        assert scripted["layers"] == {} and scripted["default_layer"] is None
+
+        folder = http.get("/models/folder-lenet").json()
+        assert folder["default_layer"] == "features.3"
+        assert "features.3" in folder["layers"]["gradcam"] and "fc" not in folder["layers"]["gradcam"]
+        bundled = http.get("/models/lenet5-shapes").json()
+        assert bundled["unavailable_methods"] == {} and "rise_plus" in bundled["methods"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided_backprop", "layer_gradient_x_activation"])
+def test_a_method_that_does_not_run_on_a_model_is_a_422_naming_it(user_api, method):
+    with httpx.Client(base_url=user_api, timeout=30) as http:
+        body = {"model": "script-lenet", "methods": [{"name": "gradient"}, {"name": method}], "images": PHOTOS[:1]}
+        response = http.post("/explain", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("method_unavailable", "methods[1].name")
+    assert "TorchScript" in error["message"]
+
+
+def test_broken_models_are_unavailable_with_their_errors_and_the_others_serve(user_api):
+    with httpx.Client(base_url=user_api, timeout=30) as http:
+        listed = {entry["name"]: entry for entry in http.get("/models").json()}
+        assert set(BROKEN) | set(GOOD) | {"lenet5-shapes"} <= set(listed)
+        assert all(listed[name]["available"] for name in GOOD)
+        manifest, factory = listed["broken-manifest"], listed["broken-factory"]
+        assert not manifest["available"] and "gradcam_layr" in manifest["error"] and manifest["version"] is None
+        assert not factory["available"] and "needs a GPU" in factory["error"] and factory["version"] == "1.0"
+
+        detail = http.get("/models/broken-manifest").json()
+        assert "gradcam_layr" in detail["load_errors"]["manifest"] and detail["workers"] == []
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"]
+        failed = ready.json()["failed"]
+        assert "gradcam_layr" in str(failed["broken-manifest"]) and "needs a GPU" in str(failed["broken-factory"])
+
+        for name, words in (("broken-manifest", "gradcam_layr"), ("broken-factory", "needs a GPU")):
+            body = {"model": name, "methods": [{"name": "gradient"}], "images": PHOTOS[:1]}
+            response = http.post("/explain", json=body)
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert (error["code"], error["field"]) == ("no_worker", "model") and words in error["message"]
