@@ -25,13 +25,13 @@ SOURCE = BUNDLED / "lenet5-shapes"
 GOOD = ("script-lenet", "folder-lenet", "safe-lenet", "tuple-lenet")
 BROKEN = ("broken-manifest", "broken-factory")
 
-BLOCKS = '''
+BLOCKS = """
 from torch import nn
 
 
 def conv_block(channels_in: int, channels_out: int) -> list[nn.Module]:
     return [nn.Conv2d(channels_in, channels_out, 5), nn.ReLU(), nn.MaxPool2d(2)]
-'''
+"""
 
 NET = '''
 from torch import nn
