@@ -25,8 +25,8 @@ from workers.xai import OoDNet
 log = logging.getLogger(__name__)
 
 SCRIPTED = (
-    "a TorchScript network runs in the TorchScript interpreter: its layers take no hooks and its "
-    "rectifiers no backward rules; serve it as a state dict with its architecture for this method"
+    "a TorchScript network takes no layer hooks and no rectifier rules (serve its state dict with its "
+    "architecture for this method)"
 )
 
 
