@@ -39,7 +39,7 @@ from torch import nn
 from .blocks import conv_block
 
 
-class DictLeNet(nn.Module):
+class DictNet(nn.Module):
     """LeNet5's layers under other names; returns {"logits": ..., "features": ...}."""
 
     def __init__(self, num_classes: int) -> None:
@@ -53,7 +53,7 @@ class DictLeNet(nn.Module):
         return {"features": features, "logits": self.fc(features)}
 
 
-class TupleLeNet(DictLeNet):
+class TupleNet(DictNet):
     def forward(self, x):
         found = super().forward(x)
         return found["features"], found["logits"]
@@ -63,7 +63,7 @@ def broken(num_classes: int):
     raise RuntimeError("this factory needs a GPU that is not there")
 '''
 
-RENAMED = {  # lenet5-shapes's state dict keys -> DictLeNet's
+RENAMED = {  # lenet5-shapes's state dict keys -> DictNet's
     "conv1": "features.0",
     "conv2": "features.3",
     "fc1": "head.0",
@@ -125,7 +125,7 @@ def write_user_models(root: Path) -> Path:
     for key, value in state.items():
         layer, _, kind = key.rpartition(".")
         renamed[f"{RENAMED[layer]}.{kind}"] = value
-    for name, factory in (("folder-lenet", "DictLeNet"), ("tuple-lenet", "TupleLeNet")):
+    for name, factory in (("folder-lenet", "DictNet"), ("tuple-lenet", "TupleNet")):
         folder = _folder(root, name)
         (folder / "blocks.py").write_text(BLOCKS)
         (folder / "net.py").write_text(NET)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,6 @@ from models.manifest import (
     ModelUnavailableError,
     UnknownModelError,
     WeightsError,
-    read_manifest,
 )
 from models.registry import BUNDLED, ModelRegistry
 
@@ -175,16 +175,43 @@ def test_a_torchscript_model_loads_and_agrees_with_its_source(user_dir, registry
         torch.testing.assert_close(scripted(x), source(x))
 
 
-def test_the_example_manifest_in_the_docs_loads(tmp_path):
-    """docs/models.md shows how to add a model; its manifest must stay loadable as written."""
-    text = DOCS.read_text()
-    manifest = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
-    folder = tmp_path / "my-shapes-net"
-    folder.mkdir()
-    torch.save(LeNet5(num_classes=3).state_dict(), folder / "weights.pt")
-    (folder / "labels.txt").write_text("cat\ndog\nbird\n")
-    (folder / "manifest.toml").write_text(manifest.replace("<sha256 of weights.pt>", sha256_of(folder / "weights.pt")))
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_every_example_manifest_in_the_docs_loads(tmp_path):
+    """docs/models.md shows a manifest per format; each must stay loadable as written, with weights made
+    the way the docs say."""
+    from safetensors.torch import save_file
+
+    from tests.user_models import BLOCKS, NET, RENAMED, lenet_state
+
+    examples = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(examples) == 4, "state dict, folder factory, safetensors, TorchScript"
+    for text in examples:
+        parsed = tomllib.loads(text)
+        folder = tmp_path / parsed["name"]
+        folder.mkdir()
+        classes = parsed.get("architecture_args", {}).get("num_classes", 10)
+        (folder / "labels.txt").write_text("".join(f"class {i}\n" for i in range(classes)))
+        network = LeNet5(num_classes=classes)
+        if classes == 10:
+            network.load_state_dict(lenet_state())
+        weights = folder / parsed["weights"]["file"]
+        form = parsed["weights"].get("format", "state_dict")
+        if form == "torchscript":
+            torch.jit.script(network).save(str(weights))
+        elif form == "safetensors":
+            save_file(network.state_dict(), str(weights))
+        elif parsed["architecture"].startswith("net:"):
+            (folder / "net.py").write_text(NET)
+            (folder / "blocks.py").write_text(BLOCKS)
+            state = {f"{RENAMED[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v for k, v in lenet_state().items()}
+            torch.save(state, weights)
+        else:
+            torch.save(network.state_dict(), weights)
+        text = re.sub(r"<sha256 of [^>]+>", sha256_of(weights), text)
+        (folder / "manifest.toml").write_text(text)
     registry = ModelRegistry([tmp_path])
-    assert registry.names() == ["my-shapes-net"]
-    assert read_manifest(folder / "manifest.toml").num_classes == 3
-    assert registry.network("my-shapes-net")(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert registry.broken == {}
+    assert registry.names() == sorted(tomllib.loads(text)["name"] for text in examples)
+    x = torch.zeros(1, 3, 32, 32)
+    for name in registry.names():
+        assert registry.network(name)(x).shape == (1, registry.manifest(name).num_classes), name
