@@ -67,6 +67,12 @@ class RISEParams(Params):
     )
 
 
+class AttentionRolloutParams(Params):
+    head_fusion: Literal["mean", "max", "min"] = Field(
+        "mean", description="How a layer's heads are combined before the layers are multiplied."
+    )
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -78,6 +84,7 @@ class Method:
     perturbation: bool = False  # scores class probabilities of perturbed inputs; reports progress per batch
     stochastic: bool = False  # takes the request's seed
     rectifies: bool = False  # changes the backward rule of the network's rectifiers (needs its forward in Python)
+    uses_attention: bool = False  # reads the attention matrices of a transformer
 
     def describe(self) -> dict[str, Any]:
         """The method as GET /methods shows it."""
@@ -88,6 +95,7 @@ class Method:
             "parameters": self.params.model_json_schema(),
             "defaults": {name: info.default for name, info in self.params.model_fields.items()},
             "uses_layer": self.uses_layer,
+            "uses_attention": self.uses_attention,
             "needs_ood_head": self.needs_ood_head,
             "perturbation": self.perturbation,
             "stochastic": self.stochastic,
@@ -145,6 +153,21 @@ METHODS: dict[str, Method] = {
             "Activation times gradient at a layer, summed over the layer's channels and upsampled.",
             LayerGradientXActivationParams,
             uses_layer=True,
+        ),
+        Method(
+            "attention_rollout",
+            "Attention Rollout",
+            "Vision transformers: the attention of every layer, residual added, multiplied through the layers; "
+            "the class token's row over the patches (the same map for every target).",
+            AttentionRolloutParams,
+            uses_attention=True,
+        ),
+        Method(
+            "attention_gradient",
+            "Gradient-weighted Attention",
+            "Vision transformers: each layer's attention weighted by the target's gradient (positive part, "
+            "mean over heads), accumulated through the layers as relevance (Chefer et al., 2021).",
+            uses_attention=True,
         ),
         Method(
             "occlusion",

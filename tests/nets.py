@@ -121,3 +121,10 @@ def seeded(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
     return network.eval()
+
+
+def TinyViT() -> nn.Module:
+    """A two-block ViT for 3x32x32 inputs (64 patch tokens and a class token), fused attention."""
+    from models.vit import ViT
+
+    return ViT(num_classes=10, dim=16, depth=2, heads=2)

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from core.methods import METHODS, MethodCallBase
 from workers.xai import (
     RISE,
+    AttentionGradient,
+    AttentionRollout,
     Deconvolution,
     Explainer,
     GradCAM,
@@ -32,6 +34,7 @@ from workers.xai import (
     RISEPlus,
     SmoothGrad,
     TopTargets,
+    tokens_to_grid,
 )
 
 INTERNAL_BATCH = 32  # inputs per pass for the path and noise methods
@@ -107,6 +110,8 @@ ADAPTERS: dict[str, Adapter] = {
         ),
         layer_shaped=True,
     ),
+    "attention_rollout": Adapter(lambda p, c: AttentionRollout(c.network, head_fusion=p.head_fusion)),
+    "attention_gradient": Adapter(lambda p, c: AttentionGradient(c.network)),
     "occlusion": Adapter(
         lambda p, c: Occlusion(c.network, _softmax(), window=p.window, strides=p.strides, reference=p.reference)
     ),
@@ -135,6 +140,8 @@ def explain(
     kwargs = {"progress": progress} if METHODS[call.name].perturbation else {}
     maps = explainer(inputs, targets, **kwargs)
     if ADAPTERS[call.name].layer_shaped:
+        if maps.dim() == 4:  # (N, L, T, C) of a token layer: its patch grid, (N, L, C, h, w)
+            maps = tokens_to_grid(maps, tuple(inputs.shape[-2:]))
         maps = F.interpolate(maps.sum(dim=2), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
     return maps
 

@@ -20,7 +20,7 @@ from core.methods import METHODS
 from models.loading import sha256_of
 from models.manifest import Manifest, ModelLoadError, WeightsError
 from models.registry import ModelRegistry
-from workers.xai import OoDNet
+from workers.xai import AttentionTape, OoDNet, RectifierTape, explaining, is_token_layer, token_grid
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ModelHost:
         return ood
 
     def layers(self, name: str) -> list[str]:
-        """Modules that produce a 4-D activation exactly once per forward pass: the layer methods' choices."""
+        """Modules that give a spatial activation exactly once per forward pass: the layer methods' choices."""
         found = self.capabilities(name).layers.values()
         return list(dict.fromkeys(layer for layers in found for layer in layers))  # in forward order
 
@@ -100,44 +100,71 @@ class ModelHost:
         network = self.network(name)
         unavailable: dict[str, str] = {}
         if scripted(network):
-            spatial: list[str] = []
-            unavailable |= {m: SCRIPTED for m, method in METHODS.items() if method.uses_layer or method.rectifies}
+            layers: list[str] = []
+            unavailable |= {
+                m: SCRIPTED
+                for m, method in METHODS.items()
+                if method.uses_layer or method.rectifies or method.uses_attention
+            }
         else:
-            spatial = self._spatial_layers(name)
-        if manifest.gradcam_layer and manifest.gradcam_layer not in spatial:
-            choices = ", ".join(spatial[-5:]) if spatial else "none"
+            layers, rectifiers, attention = self._probe(name)
+            if not rectifiers:
+                why = "the network's forward pass has no ReLU, ReLU6 or Hardtanh: the rule would change nothing"
+                unavailable |= {m: why for m, method in METHODS.items() if method.rectifies}
+            if attention is not None:
+                unavailable |= {m: attention for m, method in METHODS.items() if method.uses_attention}
+        if manifest.gradcam_layer and manifest.gradcam_layer not in layers:
+            choices = ", ".join(layers[-5:]) if layers else "none"
             raise ModelLoadError(
                 f"model {name!r}: field 'gradcam_layer': {manifest.gradcam_layer!r} is not a layer that gives a "
-                f"(N, C, h, w) activation once per forward pass (the last such layers: {choices})"
+                f"(N, C, h, w) activation, or (N, T, C) patch tokens, once per forward pass (the last such layers: "
+                f"{choices})"
             )
         for method_name, method in METHODS.items():
-            if method.uses_layer and not spatial and method_name not in unavailable:
+            if method.uses_layer and not layers and method_name not in unavailable:
                 unavailable[method_name] = "no layer of the network gives a (N, C, h, w) activation once per pass"
             if method.needs_ood_head and self.ood_net(name) is None:
                 unavailable[method_name] = self._ood_errors.get(name, "the model has no OoD head (ood_head)")
-        layers = {m: spatial for m, method in METHODS.items() if method.uses_layer and m not in unavailable}
-        default = manifest.gradcam_layer or (spatial[-1] if spatial else None)
-        return Capabilities(default_layer=default, layers=layers, unavailable=unavailable)
+        usable = {m: layers for m, method in METHODS.items() if method.uses_layer and m not in unavailable}
+        default = manifest.gradcam_layer or (layers[-1] if layers else None)
+        return Capabilities(default_layer=default, layers=usable, unavailable=unavailable)
 
-    def _spatial_layers(self, name: str) -> list[str]:
+    def _probe(self, name: str) -> tuple[list[str], bool, str | None]:
+        """One forward pass on a blank image, recorded: (the layers that give a spatial map once per pass —
+        (N, C, h, w), or (N, T, C) tokens of a patch grid — in forward order; whether a rectifier ran; why
+        the attention methods cannot run, or None)."""
         network = self.network(name)
-        height, width = self.manifest(name).preprocessing.size
-        calls: dict[str, list[int]] = {}
+        size = self.manifest(name).preprocessing.size
+        shapes: dict[str, list[tuple[int, ...]]] = {}
 
         def recorder(module_name: str):
             def record(module: nn.Module, args: tuple, output: object) -> None:
-                calls.setdefault(module_name, []).append(output.dim() if isinstance(output, torch.Tensor) else 0)
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+                shapes.setdefault(module_name, []).append(shape)
 
             return record
 
         handles = [module.register_forward_hook(recorder(n)) for n, module in network.named_modules() if n]
+        blank = torch.zeros(1, 3, *size, device=self.device, requires_grad=True)
         try:
-            with self.lock(name), torch.inference_mode():
-                network(torch.zeros(1, 3, height, width, device=self.device))
+            with self.lock(name), explaining(network), RectifierTape() as rectifiers, AttentionTape() as attention:
+                network(blank)
         finally:
             for handle in handles:
                 handle.remove()
-        return [n for n, dims in calls.items() if dims == [4]]
+        layers = [
+            n for n, seen in shapes.items() if len(seen) == 1 and (len(seen[0]) == 4 or is_token_layer(seen[0], size))
+        ]
+        if not attention.maps:
+            why: str | None = (
+                "the network's forward pass computes no attention "
+                "(a softmax over (N, heads, T, T), or F.scaled_dot_product_attention)"
+            )
+        elif token_grid(attention.maps[0].shape[-1], size) is None:
+            why = f"its attention over {attention.maps[0].shape[-1]} tokens holds no patch grid of the input"
+        else:
+            why = None
+        return layers, rectifiers.calls > 0, why
 
     def load_all(self) -> None:
         """Build every wanted model now, each on its own (a worker does this before taking its jobs)."""

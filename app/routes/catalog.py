@@ -59,6 +59,7 @@ class MethodInfo(BaseModel):
     parameters: dict[str, Any]
     defaults: dict[str, Any]
     uses_layer: bool
+    uses_attention: bool
     needs_ood_head: bool
     perturbation: bool
     stochastic: bool

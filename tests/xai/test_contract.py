@@ -23,7 +23,7 @@ from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
 from core.methods import METHODS, MethodCallBase, call
-from tests.nets import LeNet5, TwiceNet, seeded
+from tests.nets import LeNet5, TinyViT, TwiceNet, seeded
 from workers.methods import ADAPTERS, Context, build_explainer, explain
 from workers.xai import (
     Explainer,
@@ -56,7 +56,10 @@ SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "occlusion": {"window": (8, 8)},
     "rise": {"num_masks": 64},
     "rise_plus": {"num_masks": 64},
+    "attention_rollout": {},
+    "attention_gradient": {},
 }
+ATTENTION = {name for name, method in METHODS.items() if method.uses_attention}  # run on a small ViT
 
 
 @dataclass(frozen=True)
@@ -157,13 +160,28 @@ def assert_nothing_left_behind(network: nn.Module, hooks: int = 0) -> None:
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
+def factory_for(name: str) -> Callable[[], nn.Module]:
+    """The network a case runs on: LeNet5, or a small ViT for the attention methods."""
+    return TinyViT if CASES[name].method in ATTENTION else LeNet5
+
+
 @pytest.fixture
-def odd_state_lenet(lenet) -> nn.Module:
+def network(request: pytest.FixtureRequest) -> nn.Module:
+    """The network of the test's case (its ``name`` parameter)."""
+    return seeded(factory_for(request.node.callspec.params["name"]))
+
+
+def first_linear(network: nn.Module) -> nn.Module:
+    return next(module for module in network.modules() if isinstance(module, nn.Linear))
+
+
+@pytest.fixture
+def odd_state_network(network) -> nn.Module:
     """Training mode in part, some parameters frozen: the state a caller may well leave it in."""
-    lenet.train()
-    lenet.conv1.eval()
-    lenet.fc1.weight.requires_grad_(False)
-    return lenet
+    network.train()
+    next(module for module in network.modules() if isinstance(module, nn.Conv2d)).eval()
+    first_linear(network).weight.requires_grad_(False)
+    return network
 
 
 def test_every_method_of_the_catalogue_has_a_case():
@@ -184,9 +202,9 @@ TARGET_FORMS = [
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize(("targets", "per_image"), TARGET_FORMS)
-def test_shapes_for_every_target_form(lenet, images, name, targets, per_image):
+def test_shapes_for_every_target_form(network, images, name, targets, per_image):
     case = CASES[name]
-    maps = results(case, case.build(context_for(lenet))(images, targets))
+    maps = results(case, case.build(context_for(network))(images, targets))
     assert [tuple(m.shape) for m in maps] == expected_shapes(case, 4, per_image)
     for m in maps:
         assert m.dtype == images.dtype
@@ -197,7 +215,7 @@ def test_shapes_for_every_target_form(lenet, images, name, targets, per_image):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("name", CASES)
 def test_the_maps_have_the_inputs_dtype(images, name, dtype):
-    network = seeded(LeNet5).to(dtype)
+    network = seeded(factory_for(name)).to(dtype)
     case = CASES[name]
     maps = results(case, case.build(context_for(network))(images.to(dtype), torch.tensor([[1, 7]] * 4)))
     assert [tuple(m.shape) for m in maps] == expected_shapes(case, 4, 2)
@@ -207,11 +225,11 @@ def test_the_maps_have_the_inputs_dtype(images, name, dtype):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_explain_gives_maps_at_the_input_size_and_progress_for_perturbation_methods(lenet, images, name):
+def test_explain_gives_maps_at_the_input_size_and_progress_for_perturbation_methods(network, images, name):
     """The worker's path: (N, l, H, W) maps for (N, l) targets, whatever the method's own output."""
     seen: list[float] = []
     case = CASES[name]
-    explainer = case.build(context_for(lenet))
+    explainer = case.build(context_for(network))
     maps = explain(case.call(), explainer, images, torch.tensor([[0, 5]] * 4), seen.append)
     assert maps.shape == (4, 2, 32, 32) and maps.dtype == images.dtype
     assert bool(torch.isfinite(maps).all())
@@ -222,23 +240,23 @@ def test_explain_gives_maps_at_the_input_size_and_progress_for_perturbation_meth
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_the_model_is_given_back_as_found(odd_state_lenet, images, name):
-    context = context_for(odd_state_lenet)
+def test_the_model_is_given_back_as_found(odd_state_network, images, name):
+    context = context_for(odd_state_network)
     context.ood_net.set_train(True)
-    before, before_heads, hooks = state_of(odd_state_lenet), state_of(context.ood_net), hooks_of(odd_state_lenet)
+    before, before_heads, hooks = state_of(odd_state_network), state_of(context.ood_net), hooks_of(odd_state_network)
     explainer = CASES[name].build(context)
     explainer(images, 2)
-    assert explainer.network is odd_state_lenet, "the caller's model must not be copied"
+    assert explainer.network is odd_state_network, "the caller's model must not be copied"
     assert getattr(explainer, "ood_net", context.ood_net) is context.ood_net
-    assert_same_state(before, state_of(odd_state_lenet))
+    assert_same_state(before, state_of(odd_state_network))
     assert_same_state(before_heads, state_of(context.ood_net))
-    assert_nothing_left_behind(odd_state_lenet, hooks)
+    assert_nothing_left_behind(odd_state_network, hooks)
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_the_model_is_given_back_as_found_after_an_error(odd_state_lenet, images, name):
-    context = context_for(odd_state_lenet)
-    before, before_heads = state_of(odd_state_lenet), state_of(context.ood_net)
+def test_the_model_is_given_back_as_found_after_an_error(odd_state_network, images, name):
+    context = context_for(odd_state_network)
+    before, before_heads = state_of(odd_state_network), state_of(context.ood_net)
     explainer = CASES[name].build(context)
     expected = results(CASES[name], explainer(images, 1))
     with pytest.raises(ValueError, match="targets must be < 10"):
@@ -247,22 +265,22 @@ def test_the_model_is_given_back_as_found_after_an_error(odd_state_lenet, images
     def explode(module, args):
         raise RuntimeError("boom")
 
-    handle = odd_state_lenet.fc1.register_forward_pre_hook(explode)
+    handle = first_linear(odd_state_network).register_forward_pre_hook(explode)
     with pytest.raises(RuntimeError, match="boom"):
         explainer(images, 1)
     handle.remove()
-    assert_same_state(before, state_of(odd_state_lenet))
+    assert_same_state(before, state_of(odd_state_network))
     assert_same_state(before_heads, state_of(context.ood_net))
-    assert_nothing_left_behind(odd_state_lenet)
+    assert_nothing_left_behind(odd_state_network)
     # The same explainer, inputs and process: bit-equal to its map before the errors.
     for found, wanted in zip(results(CASES[name], explainer(images, 1)), expected, strict=True):
         assert torch.equal(found, wanted)
 
 
 @pytest.mark.parametrize("name", PERTURBATION)
-def test_raising_from_progress_cancels_and_the_model_is_given_back(odd_state_lenet, images, name):
-    context = context_for(odd_state_lenet)
-    before, before_heads = state_of(odd_state_lenet), state_of(context.ood_net)
+def test_raising_from_progress_cancels_and_the_model_is_given_back(odd_state_network, images, name):
+    context = context_for(odd_state_network)
+    before, before_heads = state_of(odd_state_network), state_of(context.ood_net)
     explainer = CASES[name].build(context)
     explainer.perturbation_per_eval = 16  # several batches, so the cancel comes in the middle of the run
     seen = []
@@ -278,19 +296,19 @@ def test_raising_from_progress_cancels_and_the_model_is_given_back(odd_state_len
     with pytest.raises(Cancelled):
         explain(CASES[name].call(), explainer, images, torch.tensor([[0, 5]] * 4), cancel)
     assert 0.3 < seen[-1] < 1
-    assert_same_state(before, state_of(odd_state_lenet))
+    assert_same_state(before, state_of(odd_state_network))
     assert_same_state(before_heads, state_of(context.ood_net))
-    assert_nothing_left_behind(odd_state_lenet)
+    assert_nothing_left_behind(odd_state_network)
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_same_seed_same_map_and_only_stochastic_methods_read_the_seed(lenet, images, name):
+def test_same_seed_same_map_and_only_stochastic_methods_read_the_seed(network, images, name):
     targets = torch.tensor([[3, 1], [4, 1], [5, 9], [2, 6]])
-    context = context_for(lenet, seed=7)
+    context = context_for(network, seed=7)
     first = CASES[name].build(context)(images, targets)
     # Same seed, same process: the same computation, bit for bit.
     assert torch.equal(first, CASES[name].build(context)(images, targets))
-    other = CASES[name].build(context_for(lenet, seed=8))(images, targets)
+    other = CASES[name].build(context_for(network, seed=8))(images, targets)
     if METHODS[name].stochastic:
         assert not torch.allclose(first, other)
     else:
@@ -307,7 +325,7 @@ def test_the_rise_plus_case_weighs_by_inlier_scores(lenet, images):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_an_image_gets_the_same_map_alone_and_in_a_batch(lenet, images, name):
+def test_an_image_gets_the_same_map_alone_and_in_a_batch(network, images, name):
     """Float rounding aside, batching changes nothing.
 
     Measured, as a fraction of the map's largest magnitude: the gradient methods at most 3e-7 (a batch
@@ -316,7 +334,7 @@ def test_an_image_gets_the_same_map_alone_and_in_a_batch(lenet, images, name):
     of the largest magnitude.
     """
     case = CASES[name]
-    explainer = case.build(context_for(lenet))
+    explainer = case.build(context_for(network))
     targets = torch.tensor([3, 1, 4, 1])
     batch = results(case, explainer(images, targets))
     for i in range(len(images)):
@@ -326,11 +344,11 @@ def test_an_image_gets_the_same_map_alone_and_in_a_batch(lenet, images, name):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_channels_last_inputs_give_the_same_maps(lenet, images, name):
+def test_channels_last_inputs_give_the_same_maps(network, images, name):
     """What the photo command passes. Other convolution kernels, other rounding: measured at most 3e-7 of
     the map's largest magnitude; rtol 1e-5 and an atol of 1e-5 of the largest magnitude."""
     case = CASES[name]
-    explainer = case.build(context_for(lenet))
+    explainer = case.build(context_for(network))
     expected = results(case, explainer(images, 1))
     found = results(case, explainer(images.contiguous(memory_format=torch.channels_last), 1))
     for one, other in zip(found, expected, strict=True):
@@ -338,9 +356,9 @@ def test_channels_last_inputs_give_the_same_maps(lenet, images, name):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_the_inputs_are_not_touched(lenet, images, name):
+def test_the_inputs_are_not_touched(network, images, name):
     case = CASES[name]
-    explainer = case.build(context_for(lenet))
+    explainer = case.build(context_for(network))
     original = images.clone()
     expected = results(case, explainer(images, 1))
     assert torch.equal(images, original)
@@ -353,9 +371,8 @@ def test_the_inputs_are_not_touched(lenet, images, name):
         assert torch.equal(one, other), "the same computation in the same process, bit for bit"
 
 
-def test_memory_does_not_grow_over_many_calls(lenet, images):
-    context = context_for(lenet)
-    explainers = [case.build(context) for case in CASES.values()]
+def test_memory_does_not_grow_over_many_calls(images):
+    explainers = [case.build(context_for(seeded(factory_for(name)))) for name, case in CASES.items()]
 
     def live_tensors() -> int:
         gc.collect()
@@ -383,9 +400,9 @@ def test_memory_does_not_grow_over_many_calls(lenet, images):
         (torch.zeros(0, 3, 32, 32), ValueError, "inputs must not be empty"),
     ],
 )
-def test_bad_inputs(lenet, name, inputs, error, message):
+def test_bad_inputs(network, name, inputs, error, message):
     with pytest.raises(error, match=message):
-        CASES[name].build(context_for(lenet))(inputs, 1)
+        CASES[name].build(context_for(network))(inputs, 1)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -405,9 +422,9 @@ def test_bad_inputs(lenet, name, inputs, error, message):
         (10, ValueError, r"targets must be < 10"),
     ],
 )
-def test_bad_targets(lenet, images, name, targets, error, message):
+def test_bad_targets(network, images, name, targets, error, message):
     with pytest.raises(error, match=message):
-        CASES[name].build(context_for(lenet))(images, targets)
+        CASES[name].build(context_for(network))(images, targets)
 
 
 @pytest.mark.parametrize(
@@ -418,6 +435,8 @@ def test_bad_targets(lenet, images, name, targets, error, message):
         ("guided_gradcam", {"layer": "fc1"}, ValueError, "4-D"),
         ("layer_gradient_x_activation", {"layer": "x.y"}, ValueError, "layer 'x.y'"),
         ("occlusion", {"window": (40, 8)}, ValueError, "larger than the image"),
+        ("attention_rollout", {}, ValueError, "computes no attention"),
+        ("attention_gradient", {}, ValueError, "computes no attention"),
         ("occlusion", {"window": (4, 4), "strides": (8, 8)}, ValueError, "must not exceed the window"),
     ],
 )

@@ -5,9 +5,13 @@ Pure PyTorch: no service code. Every explainer is built from the network and cal
 """
 
 from ._activation_rules import RectifierTape
+from ._attention import AttentionTape
 from ._base import Explainer
+from ._model_state import explaining
 from ._perturbation import PerturbationExplainer
+from ._tokens import is_token_layer, token_grid, tokens_to_grid
 from ._top_targets import TopTargets
+from .attention import AttentionGradient, AttentionRollout
 from .deconvolution import Deconvolution
 from .gradcam import GradCAM
 from .gradient import Gradient
@@ -24,6 +28,9 @@ from .smoothgrad import SmoothGrad
 
 __all__ = [
     "RISE",
+    "AttentionGradient",
+    "AttentionRollout",
+    "AttentionTape",
     "Deconvolution",
     "Explainer",
     "GradCAM",
@@ -40,4 +47,8 @@ __all__ = [
     "RectifierTape",
     "SmoothGrad",
     "TopTargets",
+    "explaining",
+    "is_token_layer",
+    "token_grid",
+    "tokens_to_grid",
 ]

@@ -3,6 +3,10 @@
 ``alpha_k = mean_ij d y_t / d A_k[i, j]``; ``cam = ReLU(sum_k alpha_k A_k)``, upsampled bilinearly
 (``align_corners=False``) to the input's size. ``layer=''`` takes the input itself as ``A``.
 Each target costs a backward pass from the output down to the layer only.
+
+A vision transformer's token layer, (N, T, C), is read as its patch grid (``_tokens.py``): the
+activation and its gradient are both reshaped to (N, C, h, w), the class and register tokens dropped
+— what pytorch-grad-cam's ``reshape_transform`` does by hand.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from torch import Tensor, nn
 from ._backprop import forward_logits, per_target_gradients
 from ._base import Explainer
 from ._layers import LayerCapture, capturing, resolve_layer
+from ._tokens import is_token_layer, tokens_to_grid
 
 
 class GradCAM(Explainer):
@@ -48,15 +53,17 @@ def layer_cams(
         with capturing([capture]):
             outputs = forward_logits(network, x, targets)
         activation = capture.activation()
-    if activation.dim() != 4:
+    size = tuple(inputs.shape[-2:])
+    if not (activation.dim() == 4 or is_token_layer(tuple(activation.shape), size)):
         raise ValueError(
-            f"layer {layer!r} must produce a 4-D (N, K, h, w) activation for GradCAM, "
-            f"got shape {tuple(activation.shape)}"
+            f"layer {layer!r} must produce a 4-D (N, K, h, w) activation, or (N, T, C) tokens of a patch grid, "
+            f"for GradCAM; got shape {tuple(activation.shape)}"
         )
+    as_map = (lambda tensor: tensor) if activation.dim() == 4 else (lambda tensor: tokens_to_grid(tensor, size))
     cams = []
     for (gradient,) in per_target_gradients(outputs, [activation], targets, keep_graph=keep_graph):
-        weights = gradient.mean(dim=(2, 3), keepdim=True)
-        cams.append((weights * activation.detach()).sum(dim=1))
+        weights = as_map(gradient).mean(dim=(2, 3), keepdim=True)
+        cams.append((weights * as_map(activation.detach())).sum(dim=1))
     return torch.relu(torch.stack(cams, dim=1)), outputs
 
 
