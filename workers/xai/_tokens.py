@@ -4,7 +4,8 @@ A ViT block's output is (N, T, C): ``extra`` leading tokens (a class token, regi
 the ``h x w`` patch tokens in row-major order. For a layer method the patch tokens are the layer's
 spatial map: (N, C, h, w), the extra tokens dropped. The grid is found from the token count and the
 input's size alone: the fewest extra tokens (at most :data:`MAX_EXTRA`) that leave a grid of square
-patches tiling the input (``H / h == W / w``, both whole numbers).
+patches tiling the input (``H / h == W / w``, both whole numbers), at least 2x2, with more patch
+tokens than extra ones.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ def token_grid(tokens: int, input_size: tuple[int, int]) -> tuple[int, int, int]
     """(extra tokens, h, w) of a layer with ``tokens`` tokens for an input of ``input_size`` (H, W);
     None when no grid of square patches fits."""
     height, width = input_size
-    for extra in range(min(MAX_EXTRA, tokens - 1) + 1):
+    for extra in range(min(MAX_EXTRA, tokens // 2) + 1):
         patches = tokens - extra
-        for h in range(1, height + 1):
+        for h in range(2, height + 1):
             if patches % h or height % h:
                 continue
             w = patches // h
-            if width % w == 0 and height // h == width // w:
+            if w >= 2 and width % w == 0 and height // h == width // w:
                 return extra, h, w
     return None
 
