@@ -21,7 +21,7 @@ from core.methods import METHODS, call
 from models.registry import ModelRegistry
 from models.shapes import generate
 from models.train_shapes import TEST_SEED
-from workers.methods import Context, build_explainer, explain
+from workers.methods import build_explainer, explain
 from workers.model_host import ModelHost
 
 TOLERANCE = 1  # pixels
@@ -62,7 +62,7 @@ def scores(model: str, host: ModelHost, count: int, perturbation_count: int) -> 
     network, capabilities = host.network(model), host.capabilities(model)
     with torch.inference_mode():
         accuracy = float((network(inputs).argmax(1) == labels).float().mean())
-    context = Context(network, capabilities.default_layer or "", seed=0, ood_net=host.ood_net(model))
+    context = host.context(model, seed=0)
     found: dict[str, str] = {}
     for name, method in METHODS.items():
         if name in capabilities.unavailable:

@@ -121,6 +121,11 @@ class Manifest(_Strict):
     labels_file: str
     gradcam_layer: str = ""
     feature_layer: str | None = None
+    probabilities: Literal["softmax", "sigmoid"] = Field(
+        "softmax",
+        description="How the class scores become probabilities: softmax (one class per image) or sigmoid "
+        "(multi-label: each class on its own).",
+    )
     output: str | int | None = Field(
         None,
         description="Where the class scores are in what the network returns: a key of a dict, an attribute "

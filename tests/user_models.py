@@ -6,6 +6,7 @@
   network returns a dict holding ``logits`` (as Hugging Face models do);
 - ``safe-lenet``: the state dict in the safetensors format;
 - ``tuple-lenet``: a network returning ``(features, logits)``, the manifest says ``output = 1``;
+- ``sigmoid-lenet``: the same network read as multi-label (``probabilities = "sigmoid"``);
 - ``broken-manifest``: a manifest with a typo in a field name;
 - ``broken-factory``: a factory that raises.
 """
@@ -22,7 +23,8 @@ from models.loading import sha256_of
 from models.registry import BUNDLED
 
 SOURCE = BUNDLED / "lenet5-shapes"
-GOOD = ("script-lenet", "folder-lenet", "safe-lenet", "tuple-lenet")
+GOOD = ("script-lenet", "folder-lenet", "safe-lenet", "tuple-lenet")  # classify as lenet5-shapes does
+MULTI_LABEL = "sigmoid-lenet"
 BROKEN = ("broken-manifest", "broken-factory")
 
 BLOCKS = """
@@ -139,6 +141,13 @@ def write_user_models(root: Path) -> Path:
     weights = _weights(folder, "weights.safetensors", "safetensors")
     extra = 'gradcam_layer = "conv2"'
     (folder / "manifest.toml").write_text(manifest("safe-lenet", weights, "models.lenet5:LeNet5", extra))
+
+    folder = _folder(root, MULTI_LABEL)
+    torch.save(state, folder / "weights.pt")
+    extra = 'gradcam_layer = "conv2"\nprobabilities = "sigmoid"'
+    (folder / "manifest.toml").write_text(
+        manifest(MULTI_LABEL, _weights(folder, "weights.pt"), "models.lenet5:LeNet5", extra)
+    )
 
     folder = _folder(root, "broken-manifest")
     torch.save(state, folder / "weights.pt")

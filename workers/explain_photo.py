@@ -18,7 +18,7 @@ from core.render import heatmap, overlay
 from models.manifest import Manifest
 from models.preprocessing import map_to_photo, preprocess, to_rgb
 from models.registry import ModelRegistry
-from workers.methods import Context, all_calls, build_explainer, explain
+from workers.methods import all_calls, build_explainer, explain
 from workers.model_host import ModelHost
 
 # Cheaper settings than the service's defaults where a method has a cost knob: a photo in seconds.
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     host = ModelHost(registry)
     capabilities = host.capabilities(args.model)
-    context = Context(network, capabilities.default_layer or "", seed=0, ood_net=host.ood_net(args.model))
+    context = host.context(args.model, seed=0)
     args.out.mkdir(parents=True, exist_ok=True)
     height, width = manifest.preprocessing.size
     occlusion = {"window": (max(1, height // 16), max(1, width // 16))}  # 14 x 14 at 224, 2 x 2 at 32

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from core.contract import ImageResult, JobResult, JobSpec, MapResult, Prediction
 from core.errors import ErrorCode, ServiceError
 from core.methods import MethodCallBase
 from models.preprocessing import preprocess
-from workers.methods import Context, build_explainer, explain
+from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
 from workers.rendering import PutMap, map_result
 from workers.xai import Explainer, TopTargets
@@ -69,13 +68,12 @@ def compute(
             message = f"method {call.name!r} does not run on model {first.model!r}: {why}"
             raise ServiceError(ErrorCode.method_unavailable, message, f"methods[{index}].name")
     with host.lock(first.model):
-        network = host.network(first.model)
-        ood = host.ood_net(first.model)
-        context = Context(network, capabilities.default_layer or "", first.seed, ood)
+        context = host.context(first.model, first.seed)
+        network, ood, to_probabilities = context.network, context.ood_net, probabilities(context.probabilities)
         lead = _lead(specs, context)
         started = time.perf_counter()
         if lead is None:
-            probabilities, scores = _predict(network, ood, inputs)
+            chances, scores = _predict(network, ood, inputs, to_probabilities)
             timings["predict"] = (time.perf_counter() - started) * 1000
         else:  # the first method's forward pass is the prediction: its targets are the top classes
             report = _scaled(checkpoint, 0, len(first.methods))
@@ -83,9 +81,9 @@ def compute(
             lead_maps = _explain_lead(first.methods[0], lead, inputs, TopTargets(first.top_k), report)
             timings["predict"] = 0.0
             timings[first.methods[0].name] = (time.perf_counter() - started) * 1000
-            probabilities, scores = F.softmax(lead.last_outputs.float(), dim=1), None
+            chances, scores = to_probabilities(lead.last_outputs.float()), None
         most = max(max(PREDICTIONS, spec.top_k) for spec in specs)
-        top = probabilities.topk(min(most, probabilities.shape[1]), dim=1)
+        top = chances.topk(min(most, chances.shape[1]), dim=1)
         images: list[Computed] = []
         for spec in specs:
             for index in range(spec.image_count):
@@ -176,17 +174,19 @@ def _explain_lead(
     return [row.float().cpu() for row in maps]
 
 
-def _predict(network: torch.nn.Module, ood, inputs: torch.Tensor) -> tuple[torch.Tensor, list[float] | None]:
+def _predict(
+    network: torch.nn.Module, ood, inputs: torch.Tensor, to_probabilities: torch.nn.Module
+) -> tuple[torch.Tensor, list[float] | None]:
     """(class probabilities (N, K), OoD scores or None). With an OoD head on a network that can classify
     its own features, one pass serves both; otherwise the head reads the features in a second pass."""
     with torch.inference_mode():
         if ood is None:
-            return F.softmax(network(inputs).float(), dim=1), None
+            return to_probabilities(network(inputs).float()), None
         if ood.underlying is network and hasattr(network, "classify_features"):
             features = ood.features(inputs)
             logits = network.classify_features(features)
-            return F.softmax(logits.float(), dim=1), ood.score_features(features).tolist()
-        return F.softmax(network(inputs).float(), dim=1), ood.ood_score(inputs).tolist()
+            return to_probabilities(logits.float()), ood.score_features(features).tolist()
+        return to_probabilities(network(inputs).float()), ood.ood_score(inputs).tolist()
 
 
 def _explain_all(

@@ -34,6 +34,7 @@ from workers.xai import (
     RISEPlus,
     SmoothGrad,
     TopTargets,
+    smooth_maps,
     tokens_to_grid,
 )
 
@@ -48,6 +49,7 @@ class Context:
     default_layer: str
     seed: int | None = None
     ood_net: OoDNet | None = None
+    probabilities: str = "softmax"  # the manifest's: softmax, or sigmoid for multi-label models
 
 
 Build = Callable[[Any, Context], Explainer]
@@ -63,8 +65,9 @@ def _layer(params: Any, context: Context) -> str:
     return context.default_layer if params.layer is None else params.layer
 
 
-def _softmax() -> nn.Module:
-    return nn.Softmax(dim=1)
+def probabilities(kind: str) -> nn.Module:
+    """Scores -> class probabilities, as the model's manifest says (``softmax`` or ``sigmoid``)."""
+    return nn.Sigmoid() if kind == "sigmoid" else nn.Softmax(dim=1)
 
 
 def _rise(params: Any, context: Context) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def _rise(params: Any, context: Context) -> dict[str, Any]:
 def _rise_plus(params: Any, context: Context) -> Explainer:
     if context.ood_net is None:
         raise ValueError("rise_plus needs the model's OoD head, and the model has none")
-    return RISEPlus(context.ood_net, context.network, _softmax(), **_rise(params, context))
+    return RISEPlus(context.ood_net, context.network, probabilities(context.probabilities), **_rise(params, context))
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -113,9 +116,11 @@ ADAPTERS: dict[str, Adapter] = {
     "attention_rollout": Adapter(lambda p, c: AttentionRollout(c.network, head_fusion=p.head_fusion)),
     "attention_gradient": Adapter(lambda p, c: AttentionGradient(c.network)),
     "occlusion": Adapter(
-        lambda p, c: Occlusion(c.network, _softmax(), window=p.window, strides=p.strides, reference=p.reference)
+        lambda p, c: Occlusion(
+            c.network, probabilities(c.probabilities), window=p.window, strides=p.strides, reference=p.reference
+        )
     ),
-    "rise": Adapter(lambda p, c: RISE(c.network, _softmax(), **_rise(p, c))),
+    "rise": Adapter(lambda p, c: RISE(c.network, probabilities(c.probabilities), **_rise(p, c))),
     "rise_plus": Adapter(_rise_plus),
 }
 assert ADAPTERS.keys() == METHODS.keys(), "every method of the catalogue has an adapter, and no other"
@@ -133,8 +138,8 @@ def explain(
     targets: Tensor | TopTargets,
     progress: Callable[[float], None],
 ) -> Tensor:
-    """(N, L, H, W) maps at the input's size for (N, L) targets (or the top L classes, TopTargets(L));
-    ``progress`` for the perturbation methods."""
+    """(N, L, H, W) maps at the input's size for (N, L) targets (or the top L classes, TopTargets(L)),
+    smoothed as the call's ``smooth`` says; ``progress`` for the perturbation methods."""
     if isinstance(targets, Tensor):
         targets = targets.reshape(len(inputs), -1)  # (N,) is one target per image: (N, 1)
     kwargs = {"progress": progress} if METHODS[call.name].perturbation else {}
@@ -143,7 +148,7 @@ def explain(
         if maps.dim() == 4:  # (N, L, T, C) of a token layer: its patch grid, (N, L, C, h, w)
             maps = tokens_to_grid(maps, tuple(inputs.shape[-2:]))
         maps = F.interpolate(maps.sum(dim=2), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-    return maps
+    return smooth_maps(maps, call.params.smooth)
 
 
 def all_calls(**params: dict[str, Any]) -> list[MethodCallBase]:

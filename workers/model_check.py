@@ -26,7 +26,7 @@ from core.methods import METHODS, call
 from models.loading import verified_weights
 from models.manifest import ManifestError
 from models.registry import ModelRegistry
-from workers.methods import Context, build_explainer, explain
+from workers.methods import build_explainer, explain, probabilities
 from workers.model_host import ModelHost
 
 # Small enough that every method runs in seconds on a CPU; the point is that it runs, not the map.
@@ -81,18 +81,17 @@ def check(directories: list[Path], run: bool = True) -> list[ModelReport]:
         report.unavailable = dict(capabilities.unavailable)
         blank = torch.zeros(1, 3, height, width)
         with torch.inference_mode():
-            probabilities = network(blank).softmax(dim=1)[0]
-        top = int(probabilities.argmax())
-        report.summary["blank image"] = f"top class {manifest.labels[top]!r} ({float(probabilities[top]):.3f})"
+            chances = probabilities(manifest.probabilities)(network(blank))[0]
+        top = int(chances.argmax())
+        report.summary["blank image"] = f"top class {manifest.labels[top]!r} ({float(chances[top]):.3f})"
         smoke = SMOKE | {"occlusion": {"window": (max(1, height // 8), max(1, width // 8))}}
-        failures = 0
+        failures, context = 0, host.context(name, seed=0)
         for method in METHODS:
             if method in capabilities.unavailable:
                 continue
             if not run:
                 report.methods[method] = "available"
                 continue
-            context = Context(network, capabilities.default_layer or "", 0, host.ood_net(name))
             started = time.perf_counter()
             try:
                 the_call = call(method, **smoke.get(method, {}))

@@ -20,6 +20,7 @@ from core.methods import METHODS
 from models.loading import sha256_of
 from models.manifest import Manifest, ModelLoadError, WeightsError
 from models.registry import ModelRegistry
+from workers.methods import Context
 from workers.xai import AttentionTape, OoDNet, RectifierTape, explaining, is_token_layer, token_grid
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,16 @@ class ModelHost:
         ood = OoDNet(network, manifest.num_classes).load(path).to(self.device)
         ood.set_train(False)
         return ood
+
+    def context(self, name: str, seed: int | None = None) -> Context:
+        """What the model's explainers are built from: its network, default layer, OoD head, probabilities."""
+        return Context(
+            self.network(name),
+            self.capabilities(name).default_layer or "",
+            seed,
+            self.ood_net(name),
+            self.manifest(name).probabilities,
+        )
 
     def layers(self, name: str) -> list[str]:
         """Modules that give a spatial activation exactly once per forward pass: the layer methods' choices."""

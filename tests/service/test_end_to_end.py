@@ -146,8 +146,10 @@ def test_catalog(client):
     detail = client.get("/models/lenet5-shapes").json()
     assert detail["labels"][0] == "circle"
     assert "conv2" in detail["layers"]["gradcam"] and "fc1" not in detail["layers"]["gradcam"]
-    assert detail["default_layer"] == "conv2" and detail["available"] and detail["unavailable_methods"] == {}
-    assert set(detail["methods"]) == set(METHODS)
+    assert detail["default_layer"] == "conv2" and detail["available"]
+    attention = {name for name, method in METHODS.items() if method.uses_attention}
+    assert set(detail["unavailable_methods"]) == attention, "a CNN has no attention; everything else runs"
+    assert set(detail["methods"]) == set(METHODS) - attention
     assert models["lenet5-shapes"]["available"] and models["lenet5-shapes"]["error"] is None
     methods = {m["name"]: m for m in client.get("/methods").json()}
     assert set(methods) == set(METHODS)

@@ -10,13 +10,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
-from models.registry import BUNDLED
+from models.lenet5 import LeNet5
+from models.preprocessing import preprocess
+from models.registry import BUNDLED, ModelRegistry
 from tests.service.conftest import RedisServer, start_api, start_worker
 from tests.service.helpers import b64, encode, shape_photos
-from tests.user_models import BROKEN, GOOD, write_user_models
+from tests.user_models import BROKEN, GOOD, MULTI_LABEL, lenet_state, write_user_models
 
 PHOTOS = [b64(encode(photo)) for photo in shape_photos(2)]
+PREPROCESSING = ModelRegistry().manifest("lenet5-shapes").preprocessing
 SCRIPTED_ONLY_MISSING = {"gradcam", "guided_gradcam", "layer_gradient_x_activation", "deconvolution", "guided_backprop"}
 
 
@@ -93,7 +97,8 @@ def test_the_models_show_what_they_can_do(user_api):
     with httpx.Client(base_url=user_api, timeout=30) as http:
         scripted = http.get("/models/script-lenet").json()
         assert scripted["available"] and scripted["methods"] is not None
-        assert set(scripted["unavailable_methods"]) == SCRIPTED_ONLY_MISSING | {"rise_plus"}
+        attention = {"attention_rollout", "attention_gradient"}
+        assert set(scripted["unavailable_methods"]) == SCRIPTED_ONLY_MISSING | attention | {"rise_plus"}
         assert "TorchScript" in scripted["unavailable_methods"]["gradcam"]
         assert "OoD head" in scripted["unavailable_methods"]["rise_plus"]
         assert {"gradient", "integrated_gradients", "occlusion", "rise"} <= set(scripted["methods"])
@@ -103,7 +108,8 @@ def test_the_models_show_what_they_can_do(user_api):
         assert folder["default_layer"] == "features.3"
         assert "features.3" in folder["layers"]["gradcam"] and "fc" not in folder["layers"]["gradcam"]
         bundled = http.get("/models/lenet5-shapes").json()
-        assert bundled["unavailable_methods"] == {} and "rise_plus" in bundled["methods"]
+        assert set(bundled["unavailable_methods"]) == attention and "rise_plus" in bundled["methods"]
+        assert "computes no attention" in bundled["unavailable_methods"]["attention_rollout"]
 
 
 @pytest.mark.parametrize("method", ["gradcam", "guided_backprop", "layer_gradient_x_activation"])
@@ -139,3 +145,38 @@ def test_broken_models_are_unavailable_with_their_errors_and_the_others_serve(us
             assert response.status_code == 503, response.text
             error = response.json()["error"]
             assert (error["code"], error["field"]) == ("no_worker", "model") and words in error["message"]
+
+
+def test_a_multi_label_model_reads_its_scores_with_a_sigmoid(user_api):
+    """Predictions are sigmoid(score) per class, and Occlusion's map is the drop of the target's sigmoid
+    when each 8x8 window is occluded (by 0, the default reference) — computed here by hand. Tolerance:
+    probabilities are rounded to 6 places; maps travel as float16 (2e-3 of their range)."""
+    network = LeNet5(10)
+    network.load_state_dict(lenet_state())
+    inputs = torch.stack([torch.from_numpy(preprocess(photo, PREPROCESSING)) for photo in shape_photos(2)])
+    with torch.no_grad():
+        chances = torch.sigmoid(network(inputs))
+        wanted_maps = torch.zeros(2, 32, 32)
+        for top in range(0, 32, 8):
+            for left in range(0, 32, 8):
+                occluded = inputs.clone()
+                occluded[:, :, top : top + 8, left : left + 8] = 0
+                drop = chances[:, 3] - torch.sigmoid(network(occluded))[:, 3]
+                wanted_maps[:, top : top + 8, left : left + 8] = drop[:, None, None]
+    body = {
+        "model": MULTI_LABEL,
+        "methods": [{"name": "occlusion", "params": {"window": [8, 8]}}],
+        "images": PHOTOS,
+        "targets": [3, 3],
+        "outputs": ["raw"],
+    }
+    with httpx.Client(base_url=user_api, timeout=60) as http:
+        job = http.post("/explain?wait=60", json=body).json()
+    assert job["state"] == "succeeded", job
+    for image in job["result"]["images"]:
+        row = image["index"]
+        for prediction in image["predictions"]:
+            assert prediction["probability"] == pytest.approx(float(chances[row, prediction["class_id"]]), abs=2e-6)
+    for (row, _), values in raw_maps(job).items():
+        scale = float(wanted_maps[row].abs().max())
+        np.testing.assert_allclose(values, wanted_maps[row].numpy(), atol=2e-3 * scale + 1e-6)

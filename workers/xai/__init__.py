@@ -9,6 +9,7 @@ from ._attention import AttentionTape
 from ._base import Explainer
 from ._model_state import explaining
 from ._perturbation import PerturbationExplainer
+from ._smoothing import smooth_maps
 from ._tokens import is_token_layer, token_grid, tokens_to_grid
 from ._top_targets import TopTargets
 from .attention import AttentionGradient, AttentionRollout
@@ -49,6 +50,7 @@ __all__ = [
     "TopTargets",
     "explaining",
     "is_token_layer",
+    "smooth_maps",
     "token_grid",
     "tokens_to_grid",
 ]
