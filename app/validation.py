@@ -145,6 +145,12 @@ def build_spec(
     check_methods(options.methods, manifest, capabilities)
     pixels, sizes = decode_all(files, settings, manifest)
     targets, top_k = resolve_targets(options.targets, manifest, len(files), settings)
+    if options.spatial is not None and not manifest.spatial_scores:
+        raise ServiceError(
+            ErrorCode.invalid_parameter,
+            f"model {manifest.name!r} returns one score per class, not per position: it takes no spatial options",
+            "spatial",
+        )
     spec = JobSpec(
         job_id=uuid.uuid4().hex,
         model=manifest.name,
@@ -154,6 +160,7 @@ def build_spec(
         outputs=list(dict.fromkeys(options.outputs)),
         render=options.render,
         seed=options.seed,
+        spatial=options.spatial,
         image_count=len(files),
         image_sizes=sizes,
     )

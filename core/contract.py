@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import ErrorCode
 from core.methods import MethodCall
@@ -35,6 +35,25 @@ class RenderOptions(_Model):
     alpha: float = Field(0.5, ge=0, le=1, description="Opacity of the heatmap in the overlay.")
 
 
+class SpatialOptions(_Model):
+    """How a model with spatial scores, (N, C, h, w), scores a class: the sum over all its positions, or over a
+    box; with ``pointing``, TorchRay's pointing gradient (positions weighted by exp(score), normalised)."""
+
+    box: tuple[float, float, float, float] | None = Field(
+        None,
+        description="(x0, y0, x1, y1) in fractions of the network's input width and height; null: every position.",
+    )
+    pointing: bool = False
+
+    @model_validator(mode="after")
+    def _ordered_box(self) -> SpatialOptions:
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError("box must be (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        return self
+
+
 class ExplainOptions(_Model):
     """Everything of POST /explain but the images (those come as files or base64)."""
 
@@ -48,6 +67,9 @@ class ExplainOptions(_Model):
     outputs: list[OutputForm] = Field(["heatmap"], min_length=1, description="Forms of each map in the result.")
     render: RenderOptions = RenderOptions()
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed of the stochastic methods.")
+    spatial: SpatialOptions | None = Field(
+        None, description="Models with spatial scores only (GET /models/{name}): a region of the output to explain."
+    )
 
 
 class ExplainJSON(ExplainOptions):
@@ -76,6 +98,7 @@ class JobSpec(_Model):
     outputs: list[OutputForm]
     render: RenderOptions
     seed: int | None = None
+    spatial: SpatialOptions | None = None
     image_count: int
     image_sizes: list[tuple[int, int]] = Field(description="(width, height) of each decoded image (RGB pixels).")
 

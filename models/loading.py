@@ -154,6 +154,13 @@ def _warm_up(manifest: Manifest, network: nn.Module, device: str | torch.device)
         network = scores_only(network, manifest.output, manifest.name)
         with torch.inference_mode():
             outputs = network(blank)
+    if manifest.spatial_scores:
+        if outputs.dim() != 4 or outputs.shape[1] != manifest.num_classes:
+            raise ModelLoadError(
+                f"model {manifest.name!r}: field 'spatial_scores': outputs {tuple(outputs.shape)} are not "
+                f"(1, {manifest.num_classes}, h, w) score maps of its labels"
+            )
+        return network  # the worker reads its class scores through workers.xai.SpatialScores
     if tuple(outputs.shape) != (1, manifest.num_classes):
         raise ModelLoadError(
             f"model {manifest.name!r}: outputs {tuple(outputs.shape)} do not match "

@@ -121,6 +121,11 @@ class Manifest(_Strict):
     labels_file: str
     gradcam_layer: str = ""
     feature_layer: str | None = None
+    spatial_scores: bool = Field(
+        False,
+        description="The network scores every position, (N, C, h, w), as fully-convolutional and segmentation "
+        "networks do: a class's score is the sum over the positions (or over a request's region).",
+    )
     probabilities: Literal["softmax", "sigmoid"] = Field(
         "softmax",
         description="How the class scores become probabilities: softmax (one class per image) or sigmoid "

@@ -7,6 +7,8 @@
 - ``safe-lenet``: the state dict in the safetensors format;
 - ``tuple-lenet``: a network returning ``(features, logits)``, the manifest says ``output = 1``;
 - ``sigmoid-lenet``: the same network read as multi-label (``probabilities = "sigmoid"``);
+- ``fcn-shapes``: a fully-convolutional network (random weights) scoring every position, (N, 10, 5, 5)
+  (``spatial_scores = true``);
 - ``broken-manifest``: a manifest with a typo in a field name;
 - ``broken-factory``: a factory that raises.
 """
@@ -25,6 +27,7 @@ from models.registry import BUNDLED
 SOURCE = BUNDLED / "lenet5-shapes"
 GOOD = ("script-lenet", "folder-lenet", "safe-lenet", "tuple-lenet")  # classify as lenet5-shapes does
 MULTI_LABEL = "sigmoid-lenet"
+SPATIAL = "fcn-shapes"
 BROKEN = ("broken-manifest", "broken-factory")
 
 BLOCKS = """
@@ -59,6 +62,18 @@ class TupleNet(DictNet):
     def forward(self, x):
         found = super().forward(x)
         return found["features"], found["logits"]
+
+
+class FCN(nn.Module):
+    """Scores per position: (N, num_classes, 5, 5) for 32x32 inputs."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*conv_block(3, 6), *conv_block(6, 16))
+        self.score = nn.Conv2d(16, num_classes, 1)
+
+    def forward(self, x):
+        return self.score(self.features(x))
 
 
 def broken(num_classes: int):
@@ -148,6 +163,16 @@ def write_user_models(root: Path) -> Path:
     (folder / "manifest.toml").write_text(
         manifest(MULTI_LABEL, _weights(folder, "weights.pt"), "models.lenet5:LeNet5", extra)
     )
+
+    folder = _folder(root, SPATIAL)
+    (folder / "blocks.py").write_text(BLOCKS)
+    (folder / "net.py").write_text(NET)
+    from models.loading import import_factory
+
+    torch.manual_seed(0)
+    torch.save(import_factory("net:FCN", folder)(num_classes=10).state_dict(), folder / "weights.pt")
+    extra = 'gradcam_layer = "features.3"\nspatial_scores = true'
+    (folder / "manifest.toml").write_text(manifest(SPATIAL, _weights(folder, "weights.pt"), "net:FCN", extra))
 
     folder = _folder(root, "broken-manifest")
     torch.save(state, folder / "weights.pt")

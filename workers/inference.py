@@ -33,7 +33,8 @@ Checkpoint = Callable[[float], None]
 def batch_key(spec: JobSpec) -> str:
     """Jobs with the same key can share one pass per method: same model, methods, parameters and seed."""
     calls = ",".join(call.model_dump_json() for call in spec.methods)
-    return f"{spec.model}|{spec.seed}|{calls}"
+    spatial = "" if spec.spatial is None else spec.spatial.model_dump_json()
+    return f"{spec.model}|{spec.seed}|{calls}|{spatial}"
 
 
 @dataclass
@@ -67,7 +68,7 @@ def compute(
             why = capabilities.unavailable[call.name]
             message = f"method {call.name!r} does not run on model {first.model!r}: {why}"
             raise ServiceError(ErrorCode.method_unavailable, message, f"methods[{index}].name")
-    with host.lock(first.model):
+    with host.lock(first.model), host.spatial(first.model, first.spatial):
         context = host.context(first.model, first.seed)
         network, ood, to_probabilities = context.network, context.ood_net, probabilities(context.probabilities)
         lead = _lead(specs, context)

@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from core.capabilities import Capabilities
+from core.contract import SpatialOptions
 from core.methods import METHODS
 from models.loading import sha256_of
 from models.manifest import Manifest, ModelLoadError, WeightsError
 from models.registry import ModelRegistry
 from workers.methods import Context
-from workers.xai import AttentionTape, OoDNet, RectifierTape, explaining, is_token_layer, token_grid
+from workers.xai import (
+    AttentionTape,
+    OoDNet,
+    RectifierTape,
+    SpatialScores,
+    explaining,
+    is_token_layer,
+    token_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +54,25 @@ class ModelHost:
         self._ood: dict[str, OoDNet | None] = {}
         self._ood_errors: dict[str, str] = {}
         self._capabilities: dict[str, Capabilities] = {}
+        self._spatial: dict[str, SpatialScores] = {}
         self._guard = threading.RLock()
 
     def manifest(self, name: str) -> Manifest:
         return self.registry.manifest(name)
 
     def network(self, name: str) -> nn.Module:
-        return self.registry.network(name, self.device)
+        """The model's network; one with spatial scores returns its (N, C) class scores (``SpatialScores``)."""
+        network = self.registry.network(name, self.device)
+        if self.manifest(name).spatial_scores:
+            with self._guard:
+                if name not in self._spatial:
+                    if scripted(network):
+                        raise ModelLoadError(
+                            "spatial scores are read by a forward hook, which TorchScript does not take"
+                        )
+                    self._spatial[name] = SpatialScores()
+                    self._spatial[name].attach(network)
+        return network
 
     def lock(self, name: str) -> threading.Lock:
         """Held while a job hooks the model: explainers toggle its flags and hooks."""
@@ -94,6 +116,21 @@ class ModelHost:
             self.ood_net(name),
             self.manifest(name).probabilities,
         )
+
+    @contextmanager
+    def spatial(self, name: str, options: SpatialOptions | None) -> Iterator[None]:
+        """For the block (the model's lock held): a model with spatial scores scores classes over the request's
+        box, and with TorchRay's pointing gradient if asked; put back to the plain sum after."""
+        self.network(name)
+        scores = self._spatial.get(name)
+        if scores is None or options is None:
+            yield
+            return
+        scores.box, scores.pointing = options.box, options.pointing
+        try:
+            yield
+        finally:
+            scores.box, scores.pointing = None, False
 
     def layers(self, name: str) -> list[str]:
         """Modules that give a spatial activation exactly once per forward pass: the layer methods' choices."""

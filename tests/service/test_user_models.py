@@ -17,7 +17,7 @@ from models.preprocessing import preprocess
 from models.registry import BUNDLED, ModelRegistry
 from tests.service.conftest import RedisServer, start_api, start_worker
 from tests.service.helpers import b64, encode, shape_photos
-from tests.user_models import BROKEN, GOOD, MULTI_LABEL, lenet_state, write_user_models
+from tests.user_models import BROKEN, GOOD, MULTI_LABEL, SPATIAL, lenet_state, write_user_models
 
 PHOTOS = [b64(encode(photo)) for photo in shape_photos(2)]
 PREPROCESSING = ModelRegistry().manifest("lenet5-shapes").preprocessing
@@ -180,3 +180,75 @@ def test_a_multi_label_model_reads_its_scores_with_a_sigmoid(user_api):
     for (row, _), values in raw_maps(job).items():
         scale = float(wanted_maps[row].abs().max())
         np.testing.assert_allclose(values, wanted_maps[row].numpy(), atol=2e-3 * scale + 1e-6)
+
+
+def cell_cover(low: float, high: float, cells: int) -> np.ndarray:
+    """Per cell [i/cells, (i+1)/cells), the share of it inside [low, high]."""
+    return np.array([max(0.0, min(high, (i + 1) / cells) - max(low, i / cells)) * cells for i in range(cells)])
+
+
+def reference_gradient(network: torch.nn.Module, inputs: torch.Tensor, target: int, box, pointing: bool):
+    """TorchRay's saliency with its backward gradient written out: the one-hot seed spread over the positions
+    (``get_backward_gradient``), limited to the box's cells, or the pointing gradient (``exp(y_t)`` normalised,
+    ``get_pointing_gradient``); the gradient's largest magnitude over channels."""
+    x = inputs.clone().requires_grad_(True)
+    scores = network(x)
+    seed = torch.zeros_like(scores)
+    weights = torch.ones(scores.shape[-2:], dtype=torch.float64)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        weights = torch.from_numpy(np.outer(cell_cover(y0, y1, 5), cell_cover(x0, x1, 5)))
+    for row in range(len(x)):
+        values = weights.float()
+        if pointing:
+            values = values * torch.exp(scores[row, target].detach())
+            values = values / values.sum()
+        seed[row, target] = values
+    scores.backward(seed)
+    return x.grad.abs().amax(dim=1)
+
+
+@pytest.mark.parametrize(
+    "spatial",
+    [None, {"box": [0.1, 0.0, 0.55, 0.7]}, {"pointing": True}, {"box": [0.5, 0.5, 1.0, 1.0], "pointing": True}],
+    ids=["sum", "box", "pointing", "box+pointing"],
+)
+def test_a_model_scoring_every_position_is_explained_over_the_region_asked(user_api, user_root, spatial):
+    """The gradient map against TorchRay's computation written out (float16 maps: 2e-3 of their range)."""
+    from models.loading import import_factory
+
+    network = import_factory("net:FCN", user_root / SPATIAL)(num_classes=10)
+    network.load_state_dict(torch.load(user_root / SPATIAL / "weights.pt", weights_only=True))
+    network.eval()
+    inputs = torch.stack([torch.from_numpy(preprocess(photo, PREPROCESSING)) for photo in shape_photos(2)])
+    body = {
+        "model": SPATIAL,
+        "methods": [{"name": "gradient"}],
+        "images": PHOTOS,
+        "targets": [4, 4],
+        "outputs": ["raw"],
+    }
+    if spatial is not None:
+        body["spatial"] = spatial
+    with httpx.Client(base_url=user_api, timeout=60) as http:
+        job = http.post("/explain?wait=60", json=body).json()
+    assert job["state"] == "succeeded", job
+    options = spatial or {}
+    wanted = reference_gradient(network, inputs, 4, options.get("box"), options.get("pointing", False))
+    for (row, _), values in raw_maps(job).items():
+        scale = float(wanted[row].abs().max())
+        np.testing.assert_allclose(values, wanted[row].numpy(), atol=2e-3 * scale)
+
+
+def test_spatial_options_are_refused_for_a_model_with_one_score_per_class(user_api):
+    body = {
+        "model": "lenet5-shapes",
+        "methods": [{"name": "gradient"}],
+        "images": PHOTOS,
+        "spatial": {"pointing": True},
+    }
+    bad_box = {**body, "model": SPATIAL, "spatial": {"box": [0.5, 0.2, 0.4, 0.9]}}
+    with httpx.Client(base_url=user_api, timeout=60) as http:
+        refused, invalid = http.post("/explain", json=body), http.post("/explain", json=bad_box)
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "spatial"
+    assert invalid.status_code == 422 and invalid.json()["error"]["field"].startswith("spatial")

@@ -11,7 +11,7 @@ import pytest
 
 from core.methods import METHODS
 from models.registry import BUNDLED
-from tests.user_models import BROKEN, GOOD, write_user_models
+from tests.user_models import BROKEN, GOOD, MULTI_LABEL, SPATIAL, write_user_models
 from workers.model_check import check
 
 
@@ -26,8 +26,8 @@ def xai(*args: str) -> subprocess.CompletedProcess:
 
 def test_every_folder_is_reported_with_what_it_can_do(user_root):
     reports = {report.name: report for report in check([user_root])}
-    assert set(reports) == set(GOOD) | set(BROKEN)
-    for name in GOOD:
+    assert set(reports) == set(GOOD) | set(BROKEN) | {MULTI_LABEL, SPATIAL}
+    for name in (*GOOD, MULTI_LABEL, SPATIAL):
         report = reports[name]
         assert report.ok and report.error is None, (name, report)
         assert "SHA-256 matches" in report.summary["weights"]

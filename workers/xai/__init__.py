@@ -26,6 +26,7 @@ from .ood_net import OoDNet
 from .rise import RISE
 from .rise_plus import RISEPlus
 from .smoothgrad import SmoothGrad
+from .spatial import SpatialScores, box_mask
 
 __all__ = [
     "RISE",
@@ -47,7 +48,9 @@ __all__ = [
     "RISEPlus",
     "RectifierTape",
     "SmoothGrad",
+    "SpatialScores",
     "TopTargets",
+    "box_mask",
     "explaining",
     "is_token_layer",
     "smooth_maps",
