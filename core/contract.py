@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import ErrorCode
-from core.methods import MethodCall
+from core.methods import METHODS, MethodCall
 
 OutputForm = Literal["raw", "heatmap", "overlay"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -58,7 +58,7 @@ class ExplainOptions(_Model):
     """Everything of POST /explain but the images (those come as files or base64)."""
 
     model: str = Field(description="A model name from GET /models.", examples=["lenet5-shapes"])
-    methods: list[MethodCall] = Field(min_length=1, max_length=12)
+    methods: list[MethodCall] = Field(min_length=1, max_length=len(METHODS), description="Each method at most once.")
     targets: list[int | list[int]] | TopK | None = Field(
         None,
         description="Per image, a class id or a list of class ids; or {'top_k': k} of the prediction. "
