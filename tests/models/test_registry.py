@@ -25,7 +25,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 
 def test_the_bundled_models_are_listed(registry):
-    assert registry.names() == ["efficientnet-lite0", "lenet5-shapes"]
+    assert registry.names() == ["efficientnet-lite0", "lenet5-shapes", "vit-shapes"]
     imagenet = registry.manifest("efficientnet-lite0")
     assert imagenet.num_classes == 1000
     assert imagenet.labels[285] == "Egyptian cat"
@@ -33,7 +33,7 @@ def test_the_bundled_models_are_listed(registry):
     assert registry.manifest("lenet5-shapes").labels[:3] == ("circle", "square", "triangle")
 
 
-@pytest.mark.parametrize("name", ["efficientnet-lite0", "lenet5-shapes"])
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "lenet5-shapes", "vit-shapes"])
 def test_a_bundled_network_is_built_once_ready_to_explain(registry, name):
     network = registry.network(name)
     assert network is registry.network(name)
@@ -91,7 +91,7 @@ def test_a_broken_manifest_makes_its_model_unavailable_naming_file_and_field(use
     edit(user_dir, r"^name = .*$", 'name = "mine"')
     edit(user_dir, pattern, replacement)
     registry = ModelRegistry([BUNDLED, user_dir])
-    assert registry.names() == ["efficientnet-lite0", "lenet5-shapes"], "the others are served"
+    assert registry.names() == ["efficientnet-lite0", "lenet5-shapes", "vit-shapes"], "the others are served"
     assert len(registry.broken) == 1, registry.broken
     name, error = next(iter(registry.broken.items()))
     assert name == "mine", "known by the name it gives, or its folder's"

@@ -70,7 +70,7 @@ def test_a_model_that_fails_to_load_is_not_served_and_the_others_are(tmp_path, m
         assert "Timed out waiting for UP message" not in log and "Process 'ForkPoolWorker" not in log, log[-2000:]
         with httpx.Client(base_url=base, timeout=60) as http, redis.Redis.from_url(server.url) as client:
             beat = next(iter(worker_beats(client).values()))
-            assert sorted(beat["models"]) == ["efficientnet-lite0", "lenet5-shapes", "slow-lenet"]
+            assert sorted(beat["models"]) == ["efficientnet-lite0", "lenet5-shapes", "slow-lenet", "vit-shapes"]
             assert "no kernel image" in beat["failed"]["broken-lenet"]
             ready = http.get("/readyz").json()
             assert ready["ready"] and ready["models"]["broken-lenet"] == 0 and ready["models"]["slow-lenet"] == 1
