@@ -13,7 +13,7 @@ from PIL import Image
 from core.capabilities import Capabilities
 from core.contract import ExplainOptions, JobSpec, TopK
 from core.errors import ErrorCode, ServiceError
-from core.images import ImageRejected, decode_image
+from core.images import ImageRejected, decode_image, decode_mask
 from core.methods import METHODS, MethodCallBase
 from core.settings import Settings
 from models.manifest import Manifest, ModelUnavailableError, UnknownModelError
@@ -151,6 +151,11 @@ def build_spec(
             f"model {manifest.name!r} returns one score per class, not per position: it takes no spatial options",
             "spatial",
         )
+    if options.spatial is not None and options.spatial.mask is not None:
+        try:
+            decode_mask(options.spatial.mask)
+        except ImageRejected as error:
+            raise ServiceError(ErrorCode.invalid_image, f"the mask: {error}", "spatial.mask") from None
     spec = JobSpec(
         job_id=uuid.uuid4().hex,
         model=manifest.name,

@@ -43,10 +43,17 @@ class SpatialOptions(_Model):
         None,
         description="(x0, y0, x1, y1) in fractions of the network's input width and height; null: every position.",
     )
+    mask: str | None = Field(
+        None,
+        description="Instead of a box: a base64 image laid over the network's input, its grey levels (0-255) the "
+        "weight of each position (TorchRay's backward gradient given as a tensor).",
+    )
     pointing: bool = False
 
     @model_validator(mode="after")
-    def _ordered_box(self) -> SpatialOptions:
+    def _one_region(self) -> SpatialOptions:
+        if self.box is not None and self.mask is not None:
+            raise ValueError("give a box or a mask, not both")
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):

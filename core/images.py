@@ -6,10 +6,13 @@ naming it), and stores the RGB pixels the worker reads.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import re
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.preprocessing import to_rgb
@@ -61,3 +64,20 @@ def _plain(error: BaseException) -> str:
 def photo_of(pixels: bytes, size: tuple[int, int]) -> Image.Image:
     """The RGB photo the API decoded, from its stored pixels (no second decode)."""
     return Image.frombuffer("RGB", size, pixels, "raw", "RGB", 0, 1)
+
+
+MASK_MAX_BYTES, MASK_MAX_PIXELS = 1 << 20, 1 << 22  # a region mask: 1 MB, 2048x2048
+
+
+def decode_mask(text: str) -> np.ndarray:
+    """A base64 image file -> (H, W) float32 weights in [0, 1] (its grey levels / 255). ImageRejected when it
+    is not an image, is too large, or weighs nothing anywhere."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageRejected("not valid base64") from None
+    grey = decode_image(data, max_bytes=MASK_MAX_BYTES, max_pixels=MASK_MAX_PIXELS).convert("L")
+    weights = np.asarray(grey, dtype=np.float32) / 255.0
+    if not weights.any():
+        raise ImageRejected("the mask is black everywhere: it covers no position")
+    return weights

@@ -18,6 +18,7 @@ from torch import nn
 
 from core.capabilities import Capabilities
 from core.contract import SpatialOptions
+from core.images import decode_mask
 from core.methods import METHODS
 from models.loading import sha256_of
 from models.manifest import Manifest, ModelLoadError, WeightsError
@@ -127,10 +128,11 @@ class ModelHost:
             yield
             return
         scores.box, scores.pointing = options.box, options.pointing
+        scores.mask = None if options.mask is None else torch.from_numpy(decode_mask(options.mask))
         try:
             yield
         finally:
-            scores.box, scores.pointing = None, False
+            scores.box, scores.mask, scores.pointing = None, None, False
 
     def layers(self, name: str) -> list[str]:
         """Modules that give a spatial activation exactly once per forward pass: the layer methods' choices."""

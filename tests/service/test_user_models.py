@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.lenet5 import LeNet5
 from models.preprocessing import preprocess
@@ -187,17 +188,28 @@ def cell_cover(low: float, high: float, cells: int) -> np.ndarray:
     return np.array([max(0.0, min(high, (i + 1) / cells) - max(low, i / cells)) * cells for i in range(cells)])
 
 
-def reference_gradient(network: torch.nn.Module, inputs: torch.Tensor, target: int, box, pointing: bool):
+MASK = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)  # grey levels over the 5x5 output
+
+
+def mask_cells() -> np.ndarray:
+    """MASK's mean over each cell of the 5x5 output: each pixel repeated 5x5 (40x40), then 8x8 blocks averaged."""
+    return np.kron(MASK / 255.0, np.ones((5, 5))).reshape(5, 8, 5, 8).mean(axis=(1, 3))
+
+
+def reference_gradient(network: torch.nn.Module, inputs: torch.Tensor, target: int, options: dict):
     """TorchRay's saliency with its backward gradient written out: the one-hot seed spread over the positions
-    (``get_backward_gradient``), limited to the box's cells, or the pointing gradient (``exp(y_t)`` normalised,
-    ``get_pointing_gradient``); the gradient's largest magnitude over channels."""
+    (``get_backward_gradient``), limited to the box's cells or weighted by the mask's, or the pointing gradient
+    (``exp(y_t)`` normalised, ``get_pointing_gradient``); the gradient's largest magnitude over channels."""
     x = inputs.clone().requires_grad_(True)
     scores = network(x)
     seed = torch.zeros_like(scores)
     weights = torch.ones(scores.shape[-2:], dtype=torch.float64)
-    if box is not None:
-        x0, y0, x1, y1 = box
+    if options.get("box") is not None:
+        x0, y0, x1, y1 = options["box"]
         weights = torch.from_numpy(np.outer(cell_cover(y0, y1, 5), cell_cover(x0, x1, 5)))
+    if options.get("mask") is not None:
+        weights = torch.from_numpy(mask_cells())
+    pointing = options.get("pointing", False)
     for row in range(len(x)):
         values = weights.float()
         if pointing:
@@ -210,8 +222,14 @@ def reference_gradient(network: torch.nn.Module, inputs: torch.Tensor, target: i
 
 @pytest.mark.parametrize(
     "spatial",
-    [None, {"box": [0.1, 0.0, 0.55, 0.7]}, {"pointing": True}, {"box": [0.5, 0.5, 1.0, 1.0], "pointing": True}],
-    ids=["sum", "box", "pointing", "box+pointing"],
+    [
+        None,
+        {"box": [0.1, 0.0, 0.55, 0.7]},
+        {"pointing": True},
+        {"box": [0.5, 0.5, 1.0, 1.0], "pointing": True},
+        {"mask": b64(encode(Image.fromarray(MASK)))},
+    ],
+    ids=["sum", "box", "pointing", "box+pointing", "mask"],
 )
 def test_a_model_scoring_every_position_is_explained_over_the_region_asked(user_api, user_root, spatial):
     """The gradient map against TorchRay's computation written out (float16 maps: 2e-3 of their range)."""
@@ -234,7 +252,7 @@ def test_a_model_scoring_every_position_is_explained_over_the_region_asked(user_
         job = http.post("/explain?wait=60", json=body).json()
     assert job["state"] == "succeeded", job
     options = spatial or {}
-    wanted = reference_gradient(network, inputs, 4, options.get("box"), options.get("pointing", False))
+    wanted = reference_gradient(network, inputs, 4, options)
     for (row, _), values in raw_maps(job).items():
         scale = float(wanted[row].abs().max())
         np.testing.assert_allclose(values, wanted[row].numpy(), atol=2e-3 * scale)
@@ -248,7 +266,12 @@ def test_spatial_options_are_refused_for_a_model_with_one_score_per_class(user_a
         "spatial": {"pointing": True},
     }
     bad_box = {**body, "model": SPATIAL, "spatial": {"box": [0.5, 0.2, 0.4, 0.9]}}
+    black = {**body, "model": SPATIAL, "spatial": {"mask": b64(encode(Image.new("L", (8, 8))))}}
+    garbage = {**body, "model": SPATIAL, "spatial": {"mask": "not base64!"}}
     with httpx.Client(base_url=user_api, timeout=60) as http:
         refused, invalid = http.post("/explain", json=body), http.post("/explain", json=bad_box)
+        for mask in (black, garbage):
+            answer = http.post("/explain", json=mask)
+            assert answer.status_code == 422 and answer.json()["error"]["field"] == "spatial.mask", answer.text
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "spatial"
     assert invalid.status_code == 422 and invalid.json()["error"]["field"].startswith("spatial")

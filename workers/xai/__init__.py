@@ -26,7 +26,7 @@ from .ood_net import OoDNet
 from .rise import RISE
 from .rise_plus import RISEPlus
 from .smoothgrad import SmoothGrad
-from .spatial import SpatialScores, box_mask
+from .spatial import SpatialScores, box_mask, cell_average
 
 __all__ = [
     "RISE",
@@ -51,6 +51,7 @@ __all__ = [
     "SpatialScores",
     "TopTargets",
     "box_mask",
+    "cell_average",
     "explaining",
     "is_token_layer",
     "smooth_maps",

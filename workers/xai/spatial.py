@@ -8,6 +8,9 @@ names — as TorchRay's saliency pipeline reads such outputs:
   dimensions, ``get_backward_gradient``);
 - ``box`` (``(x0, y0, x1, y1)`` in fractions of the width and height): the sum over the positions it
   covers, each weighted by the share of its cell inside the box — the gradient seed is that mask;
+- ``mask`` (an (H, W) tensor of weights at any resolution, laid over the output): each position weighted
+  by the mask's mean over its cell — TorchRay's ``get_backward_gradient`` with a seed tensor, for the
+  target's channel;
 - ``pointing``: TorchRay's pointing gradient (``get_pointing_gradient``): the positions weighted by
   ``exp(y_c)`` normalised to sum to one (a softmax over the positions, within the region if one is
   given), the weights held constant as TorchRay's seed tensor is.
@@ -26,8 +29,14 @@ class SpatialScores:
     """``SpatialScores(box=None, pointing=False).attach(network)``; ``box`` and ``pointing`` may be changed
     between calls (the network's owner serialises its calls)."""
 
-    def __init__(self, box: tuple[float, float, float, float] | None = None, pointing: bool = False) -> None:
+    def __init__(
+        self,
+        box: tuple[float, float, float, float] | None = None,
+        mask: Tensor | None = None,
+        pointing: bool = False,
+    ) -> None:
         self.box = box
+        self.mask = mask
         self.pointing = pointing
 
     def reduce(self, maps: Tensor) -> Tensor:
@@ -35,9 +44,10 @@ class SpatialScores:
         if maps.dim() != 4:
             raise ValueError(f"a network with spatial scores must return (N, C, h, w), got {tuple(maps.shape)}")
         weights = torch.ones_like(maps[:, :1])
-        if self.box is not None:
-            mask = box_mask(self.box, tuple(maps.shape[-2:]))  # type: ignore[arg-type]
-            weights = mask.to(device=maps.device, dtype=maps.dtype).expand_as(weights)
+        if self.box is not None or self.mask is not None:
+            size = tuple(maps.shape[-2:])
+            cells = box_mask(self.box, size) if self.box is not None else cell_average(self.mask, size)  # type: ignore
+            weights = cells.to(device=maps.device, dtype=maps.dtype).expand_as(weights)
         if self.pointing:
             detached = maps.detach()
             peak = detached.amax(dim=(2, 3), keepdim=True)  # exp of the differences: no overflow
@@ -65,3 +75,21 @@ def box_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> T
         ) * count
 
     return (cover(y0, y1, height)[:, None] * cover(x0, x1, width)[None, :]).float()
+
+
+def _shares(pixels: int, cells: int) -> Tensor:
+    """(cells, pixels): the share of cell i that pixel p covers, when ``cells`` equal cells and ``pixels``
+    equal pixels span the same length (each row sums to one)."""
+    pixel_edges = torch.arange(pixels + 1, dtype=torch.float64) / pixels
+    cell_edges = torch.arange(cells + 1, dtype=torch.float64) / cells
+    low = torch.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
+    high = torch.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
+    return (high - low).clamp(min=0) * cells
+
+
+def cell_average(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """An (H, W) mask averaged over each cell of an (h, w) grid laid over it, by exact areas (a pixel split
+    between two cells counts in each by its share)."""
+    height, width = mask.shape[-2:]
+    rows, columns = _shares(height, size[0]), _shares(width, size[1])
+    return (rows @ mask.reshape(height, width).double().cpu() @ columns.T).float()
