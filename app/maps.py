@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from core.contract import RenderOptions
+from core.errors import ErrorCode, ServiceError
 from core.images import photo_of
 from core.jobs import JobRecords
 from core.render import map_from_bytes, map_png
@@ -34,7 +37,11 @@ def draw_map(
         return None
     if source.png is not None:
         return source.png
-    options = RenderOptions.model_validate(source.spec.render.model_dump() | recolour)
+    try:
+        options = RenderOptions.model_validate(source.spec.render.model_dump() | recolour)
+    except ValidationError as error:  # the query's percentiles against the job's own
+        field = "clip_lower_percentile" if "clip_lower_percentile" in recolour else "clip_percentile"
+        raise ServiceError(ErrorCode.invalid_parameter, error.errors()[0]["msg"], field) from None
     values = map_from_bytes(source.values)
     if form == "overlay":
         if source.pixels is None:
@@ -43,6 +50,7 @@ def draw_map(
         preprocessing = registry.manifest(source.spec.model).preprocessing
         png = map_png(values, options, photo=photo, preprocessing=preprocessing)
     else:
-        png = map_png(values, options)
+        preprocessing = registry.manifest(source.spec.model).preprocessing
+        png = map_png(values, options, photo_size=source.spec.image_sizes[image], preprocessing=preprocessing)
     records.keep_png(source, name, drawn_as, png)
     return png

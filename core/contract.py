@@ -27,12 +27,36 @@ class TopK(_Model):
 
 
 class RenderOptions(_Model):
-    colormap: Literal["inferno", "viridis", "gray"] = "inferno"
-    polarity: Literal["absolute", "positive", "negative"] = Field(
-        "absolute", description="Which part of a signed map to show."
+    colormap: Literal["inferno", "viridis", "gray", "coolwarm"] | None = Field(
+        None, description="Default: inferno, or the diverging coolwarm for polarity 'both'."
+    )
+    polarity: Literal["absolute", "positive", "negative", "both"] = Field(
+        "absolute", description="Which part of a signed map to show; 'both': signed, 0 at the colormap's middle."
     )
     clip_percentile: float = Field(99.5, gt=0, le=100, description="Values above this percentile saturate.")
+    clip_lower_percentile: float = Field(
+        0.5,
+        ge=0,
+        lt=100,
+        description="Values below this percentile are drawn at the colormap's bottom (a floor: a map with an "
+        "offset, as RISE's, shows its structure). Not used with polarity 'both'.",
+    )
     alpha: float = Field(0.5, ge=0, le=1, description="Opacity of the heatmap in the overlay.")
+    size: Literal["photo", "input"] = Field(
+        "photo",
+        description="A heatmap at the photo's size (the parts the network did not see marked as such), or at "
+        "the network's input size.",
+    )
+    transparent: bool = Field(
+        False, description="Heatmap as RGBA, opacity = the value's strength: for an overlay drawn by the client."
+    )
+    colorbar: bool = Field(False, description="A colour bar with the values at its ends beside the map.")
+
+    @model_validator(mode="after")
+    def _ordered_percentiles(self) -> RenderOptions:
+        if self.clip_lower_percentile >= self.clip_percentile:
+            raise ValueError("clip_lower_percentile must be below clip_percentile")
+        return self
 
 
 class SpatialOptions(_Model):

@@ -7,27 +7,32 @@ renders a job's stored maps when a client asks for them (``GET /jobs/{id}/maps/.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from core.contract import RenderOptions
 from models.manifest import Preprocessing
 from models.preprocessing import map_to_photo
 
-Polarity = Literal["absolute", "positive", "negative"]
-Colormap = Literal["inferno", "viridis", "gray"]
+Polarity = Literal["absolute", "positive", "negative", "both"]
+Colormap = Literal["inferno", "viridis", "gray", "coolwarm"]
 
 # Perceptually uniform colormaps sampled at 9 evenly spaced points; linear interpolation between
-# them stays monotonic in lightness, which is what makes a heatmap read correctly.
+# them stays monotonic in lightness, which is what makes a heatmap read correctly. ``coolwarm`` is
+# diverging (blue, a light neutral at its middle, red): signed maps with 0 at the middle.
 _KNOTS = {
     "inferno": [(0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85),
                 (227, 89, 51), (249, 140, 10), (249, 201, 50), (252, 255, 164)],
     "viridis": [(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
                 (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)],
     "gray": [(0, 0, 0), (255, 255, 255)],
+    "coolwarm": [(59, 76, 192), (98, 130, 234), (141, 176, 254), (184, 208, 249), (221, 221, 221),
+                 (245, 196, 173), (244, 154, 123), (222, 96, 77), (180, 4, 38)],
 }  # fmt: skip
+DIVERGING = "coolwarm"  # what polarity "both" is drawn in unless a colormap is asked for
 
 
 def _table(knots: list[tuple[int, int, int]]) -> np.ndarray:
@@ -40,27 +45,64 @@ def _table(knots: list[tuple[int, int, int]]) -> np.ndarray:
 COLORMAPS: dict[str, np.ndarray] = {name: _table(knots) for name, knots in _KNOTS.items()}
 
 
-def normalise(saliency: np.ndarray, *, polarity: Polarity = "absolute", clip_percentile: float = 99.5) -> np.ndarray:
-    """(H, W) map -> values in [0, 1]; values above the ``clip_percentile`` saturate."""
+@dataclass(frozen=True)
+class Scale:
+    """How a map's values became [0, 1]: ``low`` and ``high`` (map units) are drawn at 0 and 1."""
+
+    low: float
+    high: float
+
+
+def normalise(
+    saliency: np.ndarray,
+    *,
+    polarity: Polarity = "absolute",
+    clip_percentile: float = 99.5,
+    clip_lower_percentile: float = 0.5,
+) -> tuple[np.ndarray, Scale]:
+    """(H, W) map -> (values in [0, 1], the scale). NaN (a pixel the network did not see) stays NaN.
+
+    One-sided polarities (``absolute``, ``positive``, ``negative``): the ``clip_lower_percentile`` of the
+    values is drawn at 0 and the ``clip_percentile`` at 1, what lies outside saturates — a floor as well
+    as a ceiling, so a map with an offset (RISE's probabilities, all between 0.56 and 0.73) shows its
+    structure instead of a uniform wash. ``both``: signed, 0 at the middle, ``±`` the ``clip_percentile``
+    of ``|values|`` at the ends."""
     if saliency.ndim != 2:
         raise ValueError(f"saliency must be a 2-D (H, W) map, got shape {saliency.shape}")
     if not 0 < clip_percentile <= 100:
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    if not 0 <= clip_lower_percentile < clip_percentile:
+        raise ValueError(f"clip_lower_percentile must be in [0, clip_percentile), got {clip_lower_percentile}")
     values = saliency.astype(np.float64)
     values = {
         "absolute": np.abs(values),
         "positive": np.clip(values, 0, None),
         "negative": np.clip(-values, 0, None),
+        "both": values,
     }[polarity]
-    top = np.percentile(values, clip_percentile)
-    if not np.isfinite(top) or top <= 0:
-        return np.zeros_like(values)
-    return np.clip(values / top, 0.0, 1.0)
+    seen = values[np.isfinite(values)]
+    if seen.size == 0:
+        return np.full_like(values, np.nan), Scale(0.0, 0.0)
+    if polarity == "both":
+        top = float(np.percentile(np.abs(seen), clip_percentile))
+        if not top > 0:
+            return np.where(np.isnan(values), np.nan, 0.5), Scale(-top, top)
+        return 0.5 + 0.5 * np.clip(values / top, -1.0, 1.0), Scale(-top, top)
+    low, high = (float(np.percentile(seen, q)) for q in (clip_lower_percentile, clip_percentile))
+    if not high > low:
+        return np.where(np.isnan(values), np.nan, 0.0), Scale(low, high)
+    return np.clip((values - low) / (high - low), 0.0, 1.0), Scale(low, high)
 
 
 def colorize(unit: np.ndarray, colormap: Colormap = "inferno") -> np.ndarray:
-    """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB."""
-    return COLORMAPS[colormap][np.round(unit * 255).astype(np.intp)]
+    """(H, W) values in [0, 1] (NaN: not seen) -> (H, W, 3) uint8 RGB; not-seen pixels hatched grey."""
+    finite = np.isfinite(unit)
+    rgb = COLORMAPS[colormap][np.round(np.where(finite, unit, 0.0) * 255).astype(np.intp)]
+    if not finite.all():
+        rows, columns = np.indices(unit.shape)
+        hatch = np.where(((rows + columns) // 4) % 2 == 0, 96, 160).astype(np.uint8)
+        rgb[~finite] = hatch[~finite, None]
+    return rgb
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -72,13 +114,52 @@ def png_bytes(image: Image.Image) -> bytes:
 def heatmap(
     saliency: np.ndarray,
     *,
-    colormap: Colormap = "inferno",
+    colormap: Colormap | None = None,
     polarity: Polarity = "absolute",
     clip_percentile: float = 99.5,
+    clip_lower_percentile: float = 0.5,
+    transparent: bool = False,
+    colorbar: bool = False,
 ) -> Image.Image:
-    """The map in the colormap, at the map's own size."""
-    unit = normalise(saliency, polarity=polarity, clip_percentile=clip_percentile)
-    return Image.fromarray(colorize(unit, colormap))
+    """The map in the colormap (default: ``inferno``, ``coolwarm`` for ``both``), at the map's own size.
+    ``transparent``: RGBA whose opacity is the value's strength (for an overlay drawn elsewhere), the
+    not-seen pixels fully transparent; else RGB, the not-seen pixels hatched grey. ``colorbar``: a bar
+    with the values at its ends beside the map."""
+    colormap = colormap or (DIVERGING if polarity == "both" else "inferno")
+    unit, scale = normalise(
+        saliency, polarity=polarity, clip_percentile=clip_percentile, clip_lower_percentile=clip_lower_percentile
+    )
+    rgb = colorize(unit, colormap)
+    if transparent:
+        strength = np.abs(unit - 0.5) * 2 if polarity == "both" else unit
+        alpha = np.round(np.nan_to_num(strength, nan=0.0) * 255).astype(np.uint8)
+        image = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+    else:
+        image = Image.fromarray(rgb)
+    return with_colorbar(image, colormap, scale) if colorbar else image
+
+
+def with_colorbar(image: Image.Image, colormap: Colormap, scale: Scale) -> Image.Image:
+    """The image with a vertical colour bar at its right, the scale's high value at the top, low at the bottom."""
+    height = image.height
+    bar_width, gap, label_width = max(8, height // 20), 4, 56
+    canvas = Image.new(image.mode, (image.width + gap + bar_width + label_width, max(height, 24)), _WHITE[image.mode])
+    canvas.paste(image, (0, 0))
+    ramp = COLORMAPS[colormap][np.linspace(255, 0, height).round().astype(np.intp)]
+    bar = np.repeat(ramp[:, None, :], bar_width, axis=1)
+    if image.mode == "RGBA":
+        bar = np.dstack([bar, np.full(bar.shape[:2], 255, np.uint8)])
+    canvas.paste(Image.fromarray(bar, mode=image.mode), (image.width + gap, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    x = image.width + gap + bar_width + 3
+    draw.text((x, 0), f"{scale.high:.3g}", fill=_INK[image.mode], font=font)
+    draw.text((x, max(height, 24) - 12), f"{scale.low:.3g}", fill=_INK[image.mode], font=font)
+    return canvas
+
+
+_WHITE = {"RGB": (255, 255, 255), "RGBA": (255, 255, 255, 0)}
+_INK = {"RGB": (0, 0, 0), "RGBA": (0, 0, 0, 255)}
 
 
 def overlay(
@@ -86,17 +167,31 @@ def overlay(
     photo: Image.Image,
     *,
     alpha: float = 0.5,
-    colormap: Colormap = "inferno",
+    colormap: Colormap | None = None,
     polarity: Polarity = "absolute",
     clip_percentile: float = 99.5,
+    clip_lower_percentile: float = 0.5,
+    colorbar: bool = False,
 ) -> Image.Image:
-    """The heatmap blended over the photo; a map of another size is resized to the photo's."""
+    """The heatmap blended over the photo; a map of another size is resized to the photo's. Pixels the
+    network did not see (NaN) show the photo greyed and dimmed, with no heatmap over them."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    colored = heatmap(saliency, colormap=colormap, polarity=polarity, clip_percentile=clip_percentile)
+    shown = dict(polarity=polarity, clip_percentile=clip_percentile, clip_lower_percentile=clip_lower_percentile)
+    colored = heatmap(saliency, colormap=colormap, **shown)
     if colored.size != photo.size:
         colored = colored.resize(photo.size, Image.Resampling.BILINEAR)
-    return Image.blend(photo.convert("RGB"), colored, alpha)
+    base = photo.convert("RGB")
+    blended = np.asarray(Image.blend(base, colored, alpha)).copy()
+    unseen = ~np.isfinite(saliency)
+    if unseen.shape == blended.shape[:2] and unseen.any():
+        grey = np.asarray(base.convert("L"), dtype=np.float64) * 0.5 + 40
+        blended[unseen] = grey[unseen, None].astype(np.uint8)
+    image = Image.fromarray(blended)
+    if colorbar:
+        _, scale = normalise(saliency, **shown)
+        image = with_colorbar(image, colormap or (DIVERGING if polarity == "both" else "inferno"), scale)
+    return image
 
 
 def map_bytes(values: np.ndarray) -> bytes:
@@ -118,14 +213,25 @@ def map_png(
     values: np.ndarray,
     options: RenderOptions,
     *,
+    photo_size: tuple[int, int] | None = None,
     photo: Image.Image | None = None,
     preprocessing: Preprocessing | None = None,
 ) -> bytes:
-    """The PNG of a map: its heatmap at the map's size, or, given the photo and the model's
-    preprocessing, the map laid over the part of the photo the network saw."""
-    shown = dict(colormap=options.colormap, polarity=options.polarity, clip_percentile=options.clip_percentile)
+    """The PNG of a map. A heatmap at the photo's size (``photo_size`` (width, height) and the model's
+    preprocessing given, and ``options.size == "photo"``): the map laid back over the part of the photo the
+    network saw, the rest marked not seen; else at the map's own size. An overlay (``photo`` given): the
+    map over the photo."""
+    shown = dict(
+        colormap=options.colormap,
+        polarity=options.polarity,
+        clip_percentile=options.clip_percentile,
+        clip_lower_percentile=options.clip_lower_percentile,
+        colorbar=options.colorbar,
+    )
     if photo is None:
-        return png_bytes(heatmap(values, **shown))
+        if photo_size is not None and preprocessing is not None and options.size == "photo":
+            values = map_to_photo(values, photo_size, preprocessing)
+        return png_bytes(heatmap(values, transparent=options.transparent, **shown))
     if preprocessing is None:
         raise ValueError("an overlay needs the model's preprocessing")
     on_photo = map_to_photo(values, photo.size, preprocessing)

@@ -80,7 +80,7 @@ def map_to_photo(saliency: np.ndarray, photo_size: tuple[int, int], spec: Prepro
     """An (H, W) map over the network's input -> (height, width) over the original photo.
 
     The map is resized (bilinear) onto the part of the photo the network saw; the rest of the
-    photo, which the network never saw, gets 0.
+    photo, which the network never saw, is NaN (renderers mark it as not seen).
     """
     if saliency.ndim != 2:
         raise ValueError(f"saliency must be a 2-D (H, W) map, got shape {saliency.shape}")
@@ -89,6 +89,6 @@ def map_to_photo(saliency: np.ndarray, photo_size: tuple[int, int], spec: Prepro
     resized = Image.fromarray(saliency.astype(np.float32), mode="F").resize(
         (right - left, bottom - top), Image.Resampling.BILINEAR
     )
-    canvas = np.zeros((height, width), dtype=np.float32)
+    canvas = np.full((height, width), np.nan, dtype=np.float32)
     canvas[top:bottom, left:right] = np.asarray(resized)
     return canvas

@@ -73,14 +73,29 @@ async def read_map(
     method: str = Path(pattern=r"^[a-z_]+$"),
     target: int = Path(ge=0),
     form: Literal["heatmap", "overlay"] = Query("heatmap"),
-    colormap: Literal["inferno", "viridis", "gray"] | None = Query(None, description="Default: the job's."),
-    polarity: Literal["absolute", "positive", "negative"] | None = Query(None, description="Default: the job's."),
+    colormap: Literal["inferno", "viridis", "gray", "coolwarm"] | None = Query(None, description="Default: the job's."),
+    polarity: Literal["absolute", "positive", "negative", "both"] | None = Query(
+        None, description="Default: the job's."
+    ),
     clip_percentile: float | None = Query(None, gt=0, le=100, description="Default: the job's."),
+    clip_lower_percentile: float | None = Query(None, ge=0, lt=100, description="Default: the job's."),
     alpha: float | None = Query(None, ge=0, le=1, description="Opacity of an overlay. Default: the job's."),
+    size: Literal["photo", "input"] | None = Query(None, description="Of a heatmap. Default: the job's."),
+    transparent: bool | None = Query(None, description="A heatmap as RGBA. Default: the job's."),
+    colorbar: bool | None = Query(None, description="Default: the job's."),
 ) -> Response:
     """A map of a finished job as PNG, drawn as the job's ``render`` options say, or recoloured by these
     parameters (the job need not run again)."""
-    given = {"colormap": colormap, "polarity": polarity, "clip_percentile": clip_percentile, "alpha": alpha}
+    given = {
+        "colormap": colormap,
+        "polarity": polarity,
+        "clip_percentile": clip_percentile,
+        "clip_lower_percentile": clip_lower_percentile,
+        "alpha": alpha,
+        "size": size,
+        "transparent": transparent,
+        "colorbar": colorbar,
+    }
     recolour = {key: value for key, value in given.items() if value is not None}
     name = f"{image}/{method}/{target}"
     png = await run_in_threadpool(draw_map, dispatcher.records, registry, job_id, owner, image, name, form, recolour)
