@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from app import access_log, errors
 from app.auth import Keys
@@ -28,7 +29,7 @@ DESCRIPTION = """Classify images with PyTorch models and explain each decision w
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
-    registry = ModelRegistry(settings.model_dirs)  # broken manifests stop start-up here
+    registry = ModelRegistry(settings.model_dirs)  # a broken manifest: its model unavailable, the others served
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +40,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         finally:
             app.state.dispatcher.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from the fastapi-offline package, not a CDN:
+    # the pages work on an air-gapped cluster.
+    app = FastAPIOffline(
+        static_url="/static-docs",
         title="xai-service",
         version="0.1.0",
         description=DESCRIPTION,

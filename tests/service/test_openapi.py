@@ -94,3 +94,22 @@ def test_a_generated_client_authenticates_explains_and_polls(keyed_api, tmp_path
         assert models.IntegratedGradientsParams().steps == 32, "every method's defaults reach the client"
         png = client.get_httpx_client().get(maps[0].heatmap_url)
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+def test_the_docs_pages_load_nothing_from_another_host(embedded_api):
+    """Swagger UI and ReDoc, their scripts and styles served by the API itself: the pages work offline."""
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=embedded_api, timeout=30) as http:
+        for page in ("/docs", "/redoc"):
+            html = http.get(page)
+            assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+            assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', html.text)
+            assert assets, page
+            for asset in assets:
+                assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+                fetched = http.get(asset)
+                assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+            assert not re.search(r"https?://", html.text), f"{page} names another host"
