@@ -1,6 +1,6 @@
 """``xai``: serve the API, run a worker, write the OpenAPI document.
 
-xai serve            # the API on XAI_HOST:XAI_PORT; embedded jobs unless XAI_REDIS_URL is set
+xai serve [--host H] [--port P] [--redis-url URL] [--model-dirs DIRS]   # the API; embedded jobs without Redis
 xai worker           # a Celery worker for XAI_WORKER_MODELS (prefork, one process)
 xai worker-health    # exit 0 when this host's worker has loaded its models (compose healthcheck)
 xai openapi [--check]
@@ -79,7 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="xai", description="xai-service")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP API")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API",
+        description="Run the HTTP API. Each option overrides its setting (XAI_HOST, XAI_PORT, XAI_REDIS_URL, "
+        "XAI_MODEL_DIRS); every other setting comes from the environment (docs/deployment.md).",
+    )
+    serve.add_argument("--host", help="address to bind (XAI_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (XAI_PORT; default 8000)")
+    serve.add_argument("--redis-url", help="run jobs through Celery workers on this Redis (XAI_REDIS_URL)")
+    serve.add_argument("--model-dirs", help="comma-separated model directories (XAI_MODEL_DIRS)")
     commands.add_parser("worker", help="run a Celery worker (python -m workers.worker --help)", add_help=False)
     commands.add_parser("worker-health", help="exit 0 when this host's worker serves its models")
     keys = commands.add_parser("keys", help="API keys")
@@ -97,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "keys":
         _keys(args.action)
         return
+    if args.command == "serve":
+        given = {"XAI_HOST": args.host, "XAI_PORT": args.port, "XAI_REDIS_URL": args.redis_url}
+        given["XAI_MODEL_DIRS"] = args.model_dirs
+        os.environ.update({key: str(value) for key, value in given.items() if value is not None})
+        get_settings.cache_clear()
     settings = get_settings()
 
     if args.command == "openapi":
