@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app import access_log, errors
@@ -16,7 +17,7 @@ from app.dispatch import Dispatcher, make_dispatcher
 from app.metrics import Metrics, RequestMetrics
 from app.origins import OriginCheck
 from app.quotas import RateLimit
-from app.routes import catalog, explain, health, jobs, predict
+from app.routes import catalog, explain, health, jobs, page, predict
 from core.contract import ExplainJSON, PredictJSON
 from core.settings import Settings, get_settings
 from models.registry import ModelRegistry
@@ -71,8 +72,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             max_age=600,
         )
 
-    for module in (explain, jobs, predict, catalog, health):
+    for module in (explain, jobs, predict, catalog, health, page):
         app.include_router(module.router)
+    app.mount("/web", StaticFiles(directory=page.WEB), name="web")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -40,7 +40,8 @@ def draw_map(
     try:
         options = RenderOptions.model_validate(source.spec.render.model_dump() | recolour)
     except ValidationError as error:  # the query's percentiles against the job's own
-        field = "clip_lower_percentile" if "clip_lower_percentile" in recolour else "clip_percentile"
+        names = {"clip_lower_percentile": "clip_lower_percentile", "scale": "scale_low"}
+        field = next((query for key, query in names.items() if key in recolour), "clip_percentile")
         raise ServiceError(ErrorCode.invalid_parameter, error.errors()[0]["msg"], field) from None
     values = map_from_bytes(source.values)
     if form == "overlay":

@@ -51,11 +51,18 @@ class RenderOptions(_Model):
         False, description="Heatmap as RGBA, opacity = the value's strength: for an overlay drawn by the client."
     )
     colorbar: bool = Field(False, description="A colour bar with the values at its ends beside the map.")
+    scale: tuple[float, float] | None = Field(
+        None,
+        description="Fixed (low, high), in the map's units after the polarity, drawn at the colormap's ends instead "
+        "of percentiles: one scale shared by several maps. With polarity 'both', ±max(|low|, |high|).",
+    )
 
     @model_validator(mode="after")
     def _ordered_percentiles(self) -> RenderOptions:
         if self.clip_lower_percentile >= self.clip_percentile:
             raise ValueError("clip_lower_percentile must be below clip_percentile")
+        if self.scale is not None and not self.scale[0] < self.scale[1]:
+            raise ValueError("scale must be (low, high) with low < high")
         return self
 
 

@@ -59,6 +59,7 @@ def normalise(
     polarity: Polarity = "absolute",
     clip_percentile: float = 99.5,
     clip_lower_percentile: float = 0.5,
+    fixed: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, Scale]:
     """(H, W) map -> (values in [0, 1], the scale). NaN (a pixel the network did not see) stays NaN.
 
@@ -66,7 +67,7 @@ def normalise(
     values is drawn at 0 and the ``clip_percentile`` at 1, what lies outside saturates — a floor as well
     as a ceiling, so a map with an offset (RISE's probabilities, all between 0.56 and 0.73) shows its
     structure instead of a uniform wash. ``both``: signed, 0 at the middle, ``±`` the ``clip_percentile``
-    of ``|values|`` at the ends."""
+    of ``|values|`` at the ends. ``fixed``: (low, high) instead of percentiles (a scale shared by maps)."""
     if saliency.ndim != 2:
         raise ValueError(f"saliency must be a 2-D (H, W) map, got shape {saliency.shape}")
     if not 0 < clip_percentile <= 100:
@@ -84,11 +85,11 @@ def normalise(
     if seen.size == 0:
         return np.full_like(values, np.nan), Scale(0.0, 0.0)
     if polarity == "both":
-        top = float(np.percentile(np.abs(seen), clip_percentile))
+        top = max(abs(fixed[0]), abs(fixed[1])) if fixed else float(np.percentile(np.abs(seen), clip_percentile))
         if not top > 0:
             return np.where(np.isnan(values), np.nan, 0.5), Scale(-top, top)
         return 0.5 + 0.5 * np.clip(values / top, -1.0, 1.0), Scale(-top, top)
-    low, high = (float(np.percentile(seen, q)) for q in (clip_lower_percentile, clip_percentile))
+    low, high = fixed or (float(np.percentile(seen, q)) for q in (clip_lower_percentile, clip_percentile))
     if not high > low:
         return np.where(np.isnan(values), np.nan, 0.0), Scale(low, high)
     return np.clip((values - low) / (high - low), 0.0, 1.0), Scale(low, high)
@@ -120,6 +121,7 @@ def heatmap(
     clip_lower_percentile: float = 0.5,
     transparent: bool = False,
     colorbar: bool = False,
+    fixed: tuple[float, float] | None = None,
 ) -> Image.Image:
     """The map in the colormap (default: ``inferno``, ``coolwarm`` for ``both``), at the map's own size.
     ``transparent``: RGBA whose opacity is the value's strength (for an overlay drawn elsewhere), the
@@ -127,7 +129,11 @@ def heatmap(
     with the values at its ends beside the map."""
     colormap = colormap or (DIVERGING if polarity == "both" else "inferno")
     unit, scale = normalise(
-        saliency, polarity=polarity, clip_percentile=clip_percentile, clip_lower_percentile=clip_lower_percentile
+        saliency,
+        polarity=polarity,
+        clip_percentile=clip_percentile,
+        clip_lower_percentile=clip_lower_percentile,
+        fixed=fixed,
     )
     rgb = colorize(unit, colormap)
     if transparent:
@@ -172,12 +178,15 @@ def overlay(
     clip_percentile: float = 99.5,
     clip_lower_percentile: float = 0.5,
     colorbar: bool = False,
+    fixed: tuple[float, float] | None = None,
 ) -> Image.Image:
     """The heatmap blended over the photo; a map of another size is resized to the photo's. Pixels the
     network did not see (NaN) show the photo greyed and dimmed, with no heatmap over them."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    shown = dict(polarity=polarity, clip_percentile=clip_percentile, clip_lower_percentile=clip_lower_percentile)
+    shown = dict(
+        polarity=polarity, clip_percentile=clip_percentile, clip_lower_percentile=clip_lower_percentile, fixed=fixed
+    )
     colored = heatmap(saliency, colormap=colormap, **shown)
     if colored.size != photo.size:
         colored = colored.resize(photo.size, Image.Resampling.BILINEAR)
@@ -227,6 +236,7 @@ def map_png(
         clip_percentile=options.clip_percentile,
         clip_lower_percentile=options.clip_lower_percentile,
         colorbar=options.colorbar,
+        fixed=options.scale,
     )
     if photo is None:
         if photo_size is not None and preprocessing is not None and options.size == "photo":

@@ -83,6 +83,8 @@ async def read_map(
     size: Literal["photo", "input"] | None = Query(None, description="Of a heatmap. Default: the job's."),
     transparent: bool | None = Query(None, description="A heatmap as RGBA. Default: the job's."),
     colorbar: bool | None = Query(None, description="Default: the job's."),
+    scale_low: float | None = Query(None, description="With scale_high: a fixed scale (one shared by maps)."),
+    scale_high: float | None = Query(None, description="With scale_low: a fixed scale (one shared by maps)."),
 ) -> Response:
     """A map of a finished job as PNG, drawn as the job's ``render`` options say, or recoloured by these
     parameters (the job need not run again)."""
@@ -95,6 +97,7 @@ async def read_map(
         "size": size,
         "transparent": transparent,
         "colorbar": colorbar,
+        "scale": None if scale_low is None or scale_high is None else (scale_low, scale_high),
     }
     recolour = {key: value for key, value in given.items() if value is not None}
     name = f"{image}/{method}/{target}"

@@ -104,3 +104,14 @@ def test_a_colour_bar_is_drawn_beside_the_map():
 def test_render_options_refuse_a_floor_above_the_ceiling():
     with pytest.raises(ValueError, match="clip_lower_percentile must be below"):
         RenderOptions(clip_lower_percentile=99.5, clip_percentile=50)
+
+
+def test_a_fixed_scale_draws_two_maps_alike():
+    """Shared by maps: the same value gets the same colour in both, whatever else each holds."""
+    small, large = np.array([[0.0, 1.0, 2.0]]), np.array([[0.0, 1.0, 10.0]])
+    options = RenderOptions(scale=(0.0, 2.0), clip_lower_percentile=0.0)
+    first = np.asarray(Image.open(io.BytesIO(map_png(small, options))))
+    second = np.asarray(Image.open(io.BytesIO(map_png(large, options))))
+    assert (first[0, :2] == second[0, :2]).all() and (second[0, 2] == first[0, 2]).all(), "10 saturates like 2"
+    with pytest.raises(ValueError, match="low < high"):
+        RenderOptions(scale=(2.0, 1.0))
