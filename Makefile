@@ -19,7 +19,7 @@ run: install
 	$(VENV)/bin/xai serve
 
 maps: install
-	$(PY) -m workers.explain_photo --out out/maps
+	$(VENV)/bin/xai explain --quick --out out/maps
 
 openapi: install
 	$(VENV)/bin/xai openapi

@@ -5,6 +5,7 @@ xai worker           # a Celery worker for XAI_WORKER_MODELS (prefork, one proce
 xai worker-health    # exit 0 when this host's worker has loaded its models (compose healthcheck)
 xai openapi [--check]
 xai models check DIR # load model folders as the service would and run each method once (workers/model_check.py)
+xai explain PHOTO... # explain local files without a server (workers/explain_photo.py)
 """
 
 from __future__ import annotations
@@ -93,11 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("worker-health", help="exit 0 when this host's worker serves its models")
     keys = commands.add_parser("keys", help="API keys")
     keys.add_argument("action", choices=["new", "hash"], help="new: make a key; hash: hash a key read from stdin")
+    commands.add_parser("explain", help="explain local image files, no server (xai explain --help)", add_help=False)
     models = commands.add_parser("models", help="model folders (xai models check --help)", add_help=False)
     models.add_argument("action", choices=["check"], nargs="?")
     spec = commands.add_parser("openapi", help="write openapi/openapi.json")
     spec.add_argument("--check", action="store_true", help="fail when the committed file differs")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "explain":
+        os.execvpe(sys.executable, [sys.executable, "-m", "workers.explain_photo", *rest], dict(os.environ))
     if args.command == "models":
         # Loads networks: the worker's code, run as its own program as the worker is.
         os.execvpe(sys.executable, [sys.executable, "-m", "workers.model_check", *rest], dict(os.environ))

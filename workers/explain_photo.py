@@ -1,24 +1,33 @@
-"""Explain a photo with every method (those needing an OoD head where the model has one) and write PNGs.
+"""Explain local image files without a server, and write the maps as PNGs.
 
-    python -m workers.explain_photo [--photo cat.jpg] [--model efficientnet-lite0] [--out out/maps] [--top-k 1]
+    xai explain [PHOTO ...] [--model efficientnet-lite0] [--methods gradcam,rise] [--param rise.num_masks=2000]
+                [--top-k 1] [--model-dirs DIR,...] [--out out/maps] [--quick]
 
-Without ``--photo`` it uses scikit-image's sample photo of a cat (``chelsea``).
+Without photos it explains scikit-image's sample photo of a cat (``chelsea``). Without ``--methods``, every
+method the model can run (``GET /models/{name}`` lists the same). ``--quick`` takes cheaper parameters where
+a method has a cost knob (a photo in seconds; what ``make maps`` does). Prints the predictions, each method's
+time and, for the perturbation methods, their progress; writes ``<photo>_<method>_<class>_{heatmap,overlay}.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from core.render import heatmap, overlay
+from core.contract import RenderOptions
+from core.methods import METHODS, call
+from core.render import map_png
 from models.manifest import Manifest
-from models.preprocessing import map_to_photo, preprocess, to_rgb
-from models.registry import ModelRegistry
-from workers.methods import all_calls, build_explainer, explain
+from models.preprocessing import preprocess, to_rgb
+from models.registry import BUNDLED, ModelRegistry
+from workers.methods import build_explainer, explain, probabilities
 from workers.model_host import ModelHost
 
 # Cheaper settings than the service's defaults where a method has a cost knob: a photo in seconds.
@@ -41,44 +50,78 @@ def to_input(photo: Image.Image, manifest: Manifest) -> torch.Tensor:
     return torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
 
 
+def parse_params(given: list[str]) -> dict[str, dict[str, object]]:
+    """``method.name=value`` (value as JSON, else a string) -> {method: {name: value}}."""
+    found: dict[str, dict[str, object]] = {}
+    for item in given:
+        key, equals, raw = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not equals or not dot:
+            raise SystemExit(f"--param {item!r}: write method.name=value, e.g. rise.num_masks=2000")
+        try:
+            value: object = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        found.setdefault(method, {})[name] = value
+    return found
+
+
+def progress_bar(name: str) -> Callable[[float], None]:
+    def show(fraction: float) -> None:
+        filled = int(fraction * 30)
+        sys.stdout.write(f"\r{name:28s} [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%")
+        sys.stdout.flush()
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photo", type=Path, help="an image file (default: a sample photo of a cat)")
-    parser.add_argument("--model", default="efficientnet-lite0", help="a model of the bundled zoo")
-    parser.add_argument("--out", type=Path, default=Path("out/maps"))
+    parser = argparse.ArgumentParser(prog="xai explain", description=__doc__.splitlines()[0])
+    parser.add_argument("photos", nargs="*", type=Path, help="image files (default: a sample photo of a cat)")
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--model-dirs", help="comma-separated model directories (default: the bundled models)")
+    parser.add_argument("--methods", help="comma-separated methods (default: every method the model can run)")
+    parser.add_argument("--param", action="append", default=[], help="method.name=value, e.g. rise.num_masks=2000")
+    parser.add_argument("--quick", action="store_true", help="cheaper parameters for the costly methods")
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
+    parser.add_argument("--out", type=Path, default=Path("out/maps"))
     args = parser.parse_args(argv)
 
-    photo = to_rgb(Image.open(args.photo)) if args.photo else sample_photo()
-    registry = ModelRegistry()
-    manifest = registry.manifest(args.model)
-    network = registry.network(args.model)
-    inputs = to_input(photo, manifest).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        probabilities = network(inputs).softmax(dim=1)
-    top = probabilities.topk(args.top_k, dim=1)
-    targets = top.indices  # (1, k)
-    ranked = zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)
-    print("top classes:", ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
-
-    host = ModelHost(registry)
+    registry = ModelRegistry(args.model_dirs.split(",") if args.model_dirs else [BUNDLED])
+    host = ModelHost(registry, served=[args.model])
+    manifest = host.manifest(args.model)
     capabilities = host.capabilities(args.model)
+    wanted = args.methods.split(",") if args.methods else [m for m in METHODS if m not in capabilities.unavailable]
+    for name in wanted:
+        if name not in METHODS:
+            raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        if name in capabilities.unavailable:
+            raise SystemExit(f"{name} does not run on {args.model}: {capabilities.unavailable[name]}")
+    params = parse_params(args.param)
+    calls = [call(name, **{**(QUICK.get(name, {}) if args.quick else {}), **params.get(name, {})}) for name in wanted]
     context = host.context(args.model, seed=0)
     args.out.mkdir(parents=True, exist_ok=True)
-    height, width = manifest.preprocessing.size
-    occlusion = {"window": (max(1, height // 16), max(1, width // 16))}  # 14 x 14 at 224, 2 x 2 at 32
-    for call in all_calls(**QUICK, occlusion=occlusion):
-        if call.name in capabilities.unavailable:
-            print(f"{call.name:28s} skipped: {capabilities.unavailable[call.name]}")
-            continue
-        start = time.perf_counter()
-        maps = explain(call, build_explainer(call, context), inputs, targets, lambda fraction: None)[0]
-        elapsed = time.perf_counter() - start
-        for target, saliency in zip(targets[0].tolist(), maps.detach().numpy(), strict=True):
-            heatmap(saliency).save(args.out / f"{call.name}_{target}_heatmap.png")
-            on_photo = map_to_photo(saliency, photo.size, manifest.preprocessing)
-            overlay(on_photo, photo).save(args.out / f"{call.name}_{target}_overlay.png")
-        print(f"{call.name:28s} {elapsed * 1000:8.1f} ms")
+    photos = [(path.stem, to_rgb(Image.open(path))) for path in args.photos] or [("cat", sample_photo())]
+    for stem, photo in photos:
+        inputs = to_input(photo, manifest).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            chances = probabilities(manifest.probabilities)(context.network(inputs))
+        top = chances.topk(args.top_k, dim=1)
+        ranked = zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)
+        print(f"{stem}: " + ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
+        for the_call in calls:
+            started = time.perf_counter()
+            report = progress_bar(the_call.name) if METHODS[the_call.name].perturbation else lambda fraction: None
+            maps = explain(the_call, build_explainer(the_call, context), inputs, top.indices, report)[0]
+            elapsed = time.perf_counter() - started
+            for target, saliency in zip(top.indices[0].tolist(), maps.detach().float().numpy(), strict=True):
+                name = f"{stem}_{the_call.name}_{target}"
+                options = RenderOptions()
+                heat = map_png(saliency, options, photo_size=photo.size, preprocessing=manifest.preprocessing)
+                (args.out / f"{name}_heatmap.png").write_bytes(heat)
+                over = map_png(saliency, options, photo=photo, preprocessing=manifest.preprocessing)
+                (args.out / f"{name}_overlay.png").write_bytes(over)
+            print(f"\r{the_call.name:28s} {elapsed * 1000:8.1f} ms" + " " * 30)
     print(f"maps written to {args.out}/")
 
 

@@ -1,0 +1,44 @@
+"""``xai explain``: local files explained without a server, the maps written as PNGs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from models.shapes import CLASSES, generate
+from tests.service.helpers import encode
+
+
+def xai(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_local_files_are_explained_with_the_methods_asked(tmp_path):
+    shapes = generate(2, seed=11)
+    photos = []
+    for index, pixels in enumerate(shapes.images):
+        path = tmp_path / f"shape{index}.png"
+        path.write_bytes(encode(Image.fromarray(pixels)))
+        photos.append(str(path))
+    out = tmp_path / "maps"
+    done = xai(
+        "explain", *photos, "--model", "lenet5-shapes", "--methods", "gradient,rise", "--param", "rise.num_masks=300",
+        "--top-k", "2", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for index, label in enumerate(shapes.labels):
+        assert f"shape{index}: {CLASSES[int(label)]} [{int(label)}]" in done.stdout, "the top class first"
+    written = sorted(path.name for path in out.iterdir())
+    assert len(written) == 2 * 2 * 2 * 2, written  # photos x methods x classes x (heatmap, overlay)
+    with Image.open(out / written[0]) as image:
+        assert image.size == (32, 32), "at the photo's size"
+    assert "rise" in done.stdout and "%" in done.stdout, "the perturbation method's progress"
+
+
+def test_a_method_that_does_not_run_or_does_not_exist_is_refused(tmp_path):
+    refused = xai("explain", "--model", "lenet5-shapes", "--methods", "attention_rollout", "--out", str(tmp_path))
+    assert refused.returncode != 0 and "computes no attention" in refused.stderr
+    unknown = xai("explain", "--model", "lenet5-shapes", "--methods", "lime", "--out", str(tmp_path))
+    assert unknown.returncode != 0 and "unknown method 'lime'" in unknown.stderr
