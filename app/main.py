@@ -18,7 +18,7 @@ from app.metrics import Metrics, RequestMetrics
 from app.origins import OriginCheck
 from app.quotas import RateLimit
 from app.routes import catalog, explain, health, jobs, page, predict
-from core.contract import ExplainJSON, PredictJSON
+from core.contract import ExplainJSON, ExplainOptions, PredictJSON, PredictOptions
 from core.settings import Settings, get_settings
 from models.registry import ModelRegistry
 
@@ -84,7 +84,7 @@ def _openapi(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ExplainJSON, PredictJSON):
+        for model in (ExplainJSON, PredictJSON, ExplainOptions, PredictOptions):
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema

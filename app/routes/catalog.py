@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from app.auth import caller
 from app.deps import DispatcherDep, RegistryDep
 from app.dispatch import Dispatcher
-from app.routes.responses import ERRORS
+from app.routes.responses import READ_ERRORS
 from app.validation import manifest_of
 from core.errors import ErrorCode, ServiceError
 from core.kv import STORE_ERRORS
@@ -101,7 +101,7 @@ async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[
     return [ModelSummary(**_summary(registry, name, states.get(name, {}))) for name in names]
 
 
-@router.get("/models/{name}", response_model=ModelDetail, operation_id="get_model", responses=ERRORS)
+@router.get("/models/{name}", response_model=ModelDetail, operation_id="get_model", responses=READ_ERRORS)
 async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep) -> ModelDetail:
     """A model's labels and input, the methods that run on it and the layers each layer method may use (null
     until a worker loaded it), and its workers or why it is unavailable."""
@@ -134,7 +134,7 @@ def list_methods() -> list[MethodInfo]:
     return [MethodInfo(**method.describe()) for method in METHODS.values()]
 
 
-@router.get("/methods/{name}", response_model=MethodInfo, operation_id="get_method", responses=ERRORS)
+@router.get("/methods/{name}", response_model=MethodInfo, operation_id="get_method", responses=READ_ERRORS)
 def read_method(name: str) -> MethodInfo:
     if name not in METHODS:
         raise ServiceError(ErrorCode.unknown_method, f"unknown method {name!r}; known: {', '.join(METHODS)}", "name")

@@ -13,30 +13,14 @@ from pydantic import BaseModel, ValidationError
 from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.errors import classify
-from app.routes.responses import ERRORS
+from app.routes.responses import ERRORS, EXPLAIN_EXAMPLE, request_body
 from app.validation import build_spec
 from core.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
 from core.errors import ErrorCode, ServiceError
 
 router = APIRouter(tags=["explain"])
 
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["images", "options"],
-    "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "options": {"type": "string", "description": "ExplainOptions as a JSON string."},
-    },
-}
-BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ExplainJSON"}},
-            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        },
-    }
-}
+BODY = request_body("ExplainJSON", "ExplainOptions", EXPLAIN_EXAMPLE)
 
 
 def _invalid(error: ValidationError, prefix: str = "") -> ServiceError:

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.auth import CallerDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.maps import draw_map
-from app.routes.responses import ERRORS
+from app.routes.responses import CANCEL_ERRORS, ERRORS, READ_ERRORS
 from core.contract import TERMINAL_STATES, JobView
 from core.errors import ErrorCode, ServiceError
 
@@ -26,7 +26,7 @@ def _missing(job_id: str, ttl_s: int) -> ServiceError:
     )
 
 
-@router.get("/{job_id}", response_model=JobView, operation_id="get_job", responses=ERRORS)
+@router.get("/{job_id}", response_model=JobView, operation_id="get_job", responses=READ_ERRORS)
 async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, owner: CallerDep, job_id: str = JobId) -> JobView:
     """The job's state, progress, timings, and its result or error."""
     view = await run_in_threadpool(dispatcher.records.view, job_id, owner)
@@ -40,7 +40,7 @@ async def read_job(dispatcher: DispatcherDep, settings: SettingsDep, owner: Call
     response_model=JobView,
     status_code=202,
     operation_id="cancel_job",
-    responses={409: ERRORS[422] | {"description": "The job already finished"}, **ERRORS},
+    responses={409: ERRORS[422] | {"description": "The job already finished"}, **CANCEL_ERRORS},
 )
 async def cancel_job(
     dispatcher: DispatcherDep, settings: SettingsDep, owner: CallerDep, job_id: str = JobId
@@ -61,7 +61,7 @@ async def cancel_job(
     "/{job_id}/maps/{image}/{method}/{target}.png",
     operation_id="get_map_png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **ERRORS},
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **READ_ERRORS},
 )
 async def read_map(
     dispatcher: DispatcherDep,

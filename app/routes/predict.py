@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.routes.explain import read_body
-from app.routes.responses import ERRORS
+from app.routes.responses import ERRORS, PREDICT_EXAMPLE, request_body
 from app.validation import decode_all, manifest_of
 from core.contract import JobSpec, Predictions, PredictJSON, PredictOptions, RenderOptions
 from core.errors import ErrorCode, ServiceError
@@ -23,24 +23,7 @@ router = APIRouter(tags=["predict"])
     response_model=Predictions,
     operation_id="predict",
     responses=ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSON"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["images", "options"],
-                        "properties": {
-                            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                            "options": {"type": "string", "description": "PredictOptions as a JSON string."},
-                        },
-                    }
-                },
-            },
-        }
-    },
+    openapi_extra=request_body("PredictJSON", "PredictOptions", PREDICT_EXAMPLE),
 )
 async def predict(
     request: Request, settings: SettingsDep, registry: RegistryDep, dispatcher: DispatcherDep, caller: ClientDep

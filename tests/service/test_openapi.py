@@ -49,6 +49,8 @@ def test_a_generated_client_authenticates_explains_and_polls(keyed_api, tmp_path
             str(OPENAPI),
             "--meta",
             "none",
+            "--config",
+            str(OPENAPI.with_name("client-config.yaml")),
             "--output-path",
             str(tmp_path / "xai_client"),
         ],
@@ -63,6 +65,7 @@ def test_a_generated_client_authenticates_explains_and_polls(keyed_api, tmp_path
         explain = importlib.import_module("xai_client.api.explain.create_explanation")
         get_job = importlib.import_module("xai_client.api.jobs.get_job")
         list_models = importlib.import_module("xai_client.api.catalog.list_models")
+        get_map_png = importlib.import_module("xai_client.api.jobs.get_map_png")
         models = importlib.import_module("xai_client.models")
     finally:
         sys.path.remove(str(tmp_path))
@@ -94,6 +97,8 @@ def test_a_generated_client_authenticates_explains_and_polls(keyed_api, tmp_path
         assert models.IntegratedGradientsParams().steps == 32, "every method's defaults reach the client"
         png = client.get_httpx_client().get(maps[0].heatmap_url)
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        drawn = get_map_png.sync(client=client, job_id=job.job_id, image=0, method="gradcam", target=maps[0].target)
+        assert drawn is not None and drawn.payload.read().startswith(b"\x89PNG"), "a File, not None"
 
 
 def test_the_docs_pages_load_nothing_from_another_host(embedded_api):
@@ -113,3 +118,26 @@ def test_the_docs_pages_load_nothing_from_another_host(embedded_api):
                 fetched = http.get(asset)
                 assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
             assert not re.search(r"https?://", html.text), f"{page} names another host"
+
+
+def test_the_documents_example_requests_succeed(embedded_api):
+    """What Swagger UI's "Try it out" sends: the JSON examples of POST /explain and /predict, and the
+    multipart field's schema is in the document."""
+    import json
+
+    import httpx
+
+    document = json.loads(OPENAPI.read_text())
+    schemas = document["components"]["schemas"]
+    with httpx.Client(base_url=embedded_api, timeout=60) as http:
+        for path in ("/explain", "/predict"):
+            content = document["paths"][path]["post"]["requestBody"]["content"]
+            options = content["multipart/form-data"]["schema"]["properties"]["options"]
+            assert options["contentSchema"]["$ref"].split("/")[-1] in schemas
+            answer = http.post(
+                path + ("?wait=30" if path == "/explain" else ""), json=content["application/json"]["example"]
+            )
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            images = body["result"]["images"] if path == "/explain" else body["images"]
+            assert images[0]["predictions"][0]["label"] == "square"
