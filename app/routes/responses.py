@@ -40,7 +40,7 @@ CANCEL_ERRORS = {status: ERRORS[status] for status in (401, 403, 404, 422, 429, 
 EXAMPLE_IMAGE = base64.b64encode((Path(__file__).resolve().parent.parent / "web" / "example-square.png").read_bytes())
 EXPLAIN_EXAMPLE = {
     "model": "lenet5-shapes",
-    "methods": [{"name": "gradcam"}, {"name": "rise", "params": {"num_masks": 500}}],
+    "methods": [{"name": "gradcam"}, {"name": "integrated_gradients", "params": {"steps": 16}}],
     "targets": {"top_k": 2},
     "outputs": ["heatmap"],
     "images": [EXAMPLE_IMAGE.decode()],
