@@ -19,7 +19,7 @@ run: install
 	$(VENV)/bin/xai serve
 
 maps: install
-	$(VENV)/bin/xai explain --quick --out out/maps
+	$(VENV)/bin/xai explain --quick --out out/maps --sheet docs/maps.png
 
 openapi: install
 	$(VENV)/bin/xai openapi

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="cheaper parameters for the costly methods")
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
     parser.add_argument("--out", type=Path, default=Path("out/maps"))
+    parser.add_argument(
+        "--sheet", type=Path, help="also a contact sheet PNG: per photo, each method's heatmap and overlay"
+    )
     args = parser.parse_args(argv)
 
     registry = ModelRegistry(args.model_dirs.split(",") if args.model_dirs else [BUNDLED])
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     context = host.context(args.model, seed=0)
     args.out.mkdir(parents=True, exist_ok=True)
     photos = [(path.stem, to_rgb(Image.open(path))) for path in args.photos] or [("cat", sample_photo())]
+    sheet: list[tuple[str, str, bytes, bytes]] = []  # (photo, method, heatmap, overlay) of each photo's top class
     for stem, photo in photos:
         inputs = to_input(photo, manifest).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{stem}: " + ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
         for the_call in calls:
             started = time.perf_counter()
-            report = progress_bar(the_call.name) if METHODS[the_call.name].perturbation else lambda fraction: None
+            shown = METHODS[the_call.name].perturbation and sys.stdout.isatty()  # a log gets the time only
+            report = progress_bar(the_call.name) if shown else lambda fraction: None
             maps = explain(the_call, build_explainer(the_call, context), inputs, top.indices, report)[0]
             elapsed = time.perf_counter() - started
             for target, saliency in zip(top.indices[0].tolist(), maps.detach().float().numpy(), strict=True):
@@ -121,8 +126,47 @@ def main(argv: list[str] | None = None) -> None:
                 (args.out / f"{name}_heatmap.png").write_bytes(heat)
                 over = map_png(saliency, options, photo=photo, preprocessing=manifest.preprocessing)
                 (args.out / f"{name}_overlay.png").write_bytes(over)
+                if target == top.indices[0, 0].item():
+                    sheet.append((f"{stem}: {manifest.labels[target]}", the_call.name, heat, over))
             print(f"\r{the_call.name:28s} {elapsed * 1000:8.1f} ms" + " " * 30)
     print(f"maps written to {args.out}/")
+    if args.sheet:
+        contact_sheet(sheet).save(args.sheet)
+        print(f"contact sheet: {args.sheet}")
+
+
+def contact_sheet(cells: list[tuple[str, str, bytes, bytes]], side: int = 160) -> Image.Image:
+    """Per photo two rows (heatmaps, overlays), a column per method, each labelled."""
+    from io import BytesIO
+
+    from PIL import ImageDraw
+
+    def thumbnail(png: bytes) -> Image.Image:
+        image = Image.open(BytesIO(png)).convert("RGB")
+        image.thumbnail((side, side))
+        return image
+
+    drawn = {(photo, method): (thumbnail(heat), thumbnail(over)) for photo, method, heat, over in cells}
+    photos = list(dict.fromkeys(photo for photo, _, _, _ in cells))
+    methods = list(dict.fromkeys(method for _, method, _, _ in cells))
+    label, margin = 14, 4
+    tall = {photo: max(pair[0].height for (p, _), pair in drawn.items() if p == photo) for photo in photos}
+    width = len(methods) * (side + margin) + margin
+    sheet = Image.new("RGB", (width, sum(2 * label + 2 * tall[p] + 2 * margin for p in photos)), "white")
+    draw = ImageDraw.Draw(sheet)
+    top = 0
+    for photo in photos:
+        draw.text((margin, top + 1), photo, fill="black")
+        for column, method in enumerate(methods):
+            if (photo, method) not in drawn:
+                continue
+            left = margin + column * (side + margin)
+            draw.text((left, top + label), method, fill="black")
+            heat, over = drawn[photo, method]
+            sheet.paste(heat, (left, top + 2 * label))
+            sheet.paste(over, (left, top + 2 * label + tall[photo] + margin))
+        top += 2 * label + 2 * tall[photo] + 2 * margin
+    return sheet
 
 
 if __name__ == "__main__":

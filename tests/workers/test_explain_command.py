@@ -25,7 +25,7 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
     out = tmp_path / "maps"
     done = xai(
         "explain", *photos, "--model", "lenet5-shapes", "--methods", "gradient,rise", "--param", "rise.num_masks=300",
-        "--top-k", "2", "--out", str(out),
+        "--top-k", "2", "--out", str(out), "--sheet", str(tmp_path / "sheet.png"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for index, label in enumerate(shapes.labels):
@@ -34,7 +34,9 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
     assert len(written) == 2 * 2 * 2 * 2, written  # photos x methods x classes x (heatmap, overlay)
     with Image.open(out / written[0]) as image:
         assert image.size == (32, 32), "at the photo's size"
-    assert "rise" in done.stdout and "%" in done.stdout, "the perturbation method's progress"
+    with Image.open(tmp_path / "sheet.png") as sheet:  # 2 methods, 2 photos of 2 rows each
+        assert sheet.size[0] == 2 * (160 + 4) + 4 and sheet.size[1] > 4 * 32
+    assert "rise" in done.stdout and " ms" in done.stdout, "each method's time (a terminal also gets a progress bar)"
 
 
 def test_a_method_that_does_not_run_or_does_not_exist_is_refused(tmp_path):
