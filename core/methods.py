@@ -92,6 +92,7 @@ class Method:
     stochastic: bool = False  # takes the request's seed
     rectifies: bool = False  # changes the backward rule of the network's rectifiers (needs its forward in Python)
     uses_attention: bool = False  # reads the attention matrices of a transformer
+    cost: str = "1 forward and 1 backward pass per target"  # what it runs, per image (GET /methods)
 
     def describe(self) -> dict[str, Any]:
         """The method as GET /methods shows it."""
@@ -103,6 +104,7 @@ class Method:
             "defaults": {name: info.default for name, info in self.params.model_fields.items()},
             "uses_layer": self.uses_layer,
             "uses_attention": self.uses_attention,
+            "cost": self.cost,
             "needs_ood_head": self.needs_ood_head,
             "perturbation": self.perturbation,
             "stochastic": self.stochastic,
@@ -131,6 +133,7 @@ METHODS: dict[str, Method] = {
             "Integrated Gradients",
             "Gradients integrated along the path from a constant baseline, times the input difference.",
             IntegratedGradientsParams,
+            cost="steps forward and backward passes per target (32 by default), batched",
         ),
         Method(
             "smoothgrad",
@@ -138,6 +141,7 @@ METHODS: dict[str, Method] = {
             "Gradient magnitude averaged over noisy copies of the input.",
             SmoothGradParams,
             stochastic=True,
+            cost="samples forward and backward passes per target (16 by default), batched",
         ),
         Method(
             "gradcam",
@@ -145,6 +149,7 @@ METHODS: dict[str, Method] = {
             "ReLU of the layer's activations weighted by their mean gradient, upsampled.",
             LayerParams,
             uses_layer=True,
+            cost="1 forward pass, and 1 backward pass per target from the output down to the layer only",
         ),
         Method(
             "guided_gradcam",
@@ -153,6 +158,7 @@ METHODS: dict[str, Method] = {
             LayerParams,
             uses_layer=True,
             rectifies=True,
+            cost="1 forward pass, 2 backward passes per target",
         ),
         Method(
             "layer_gradient_x_activation",
@@ -160,6 +166,7 @@ METHODS: dict[str, Method] = {
             "Activation times gradient at a layer, summed over the layer's channels and upsampled.",
             LayerGradientXActivationParams,
             uses_layer=True,
+            cost="1 forward pass, and 1 backward pass per target down to the layer",
         ),
         Method(
             "attention_rollout",
@@ -168,6 +175,7 @@ METHODS: dict[str, Method] = {
             "the class token's row over the patches (the same map for every target).",
             AttentionRolloutParams,
             uses_attention=True,
+            cost="1 forward pass, no backward; every target gets the same map",
         ),
         Method(
             "attention_gradient",
@@ -182,6 +190,8 @@ METHODS: dict[str, Method] = {
             "Drop of the target's probability when a sliding window is occluded, averaged per pixel.",
             OcclusionParams,
             perturbation=True,
+            cost="1 forward pass per window position ((H/stride) x (W/stride); 1,024 at the default), "
+            "all targets at once",
         ),
         Method(
             "rise",
@@ -190,6 +200,8 @@ METHODS: dict[str, Method] = {
             RISEParams,
             perturbation=True,
             stochastic=True,
+            cost="num_masks forward passes (6,000 by default: tens of seconds on a CPU for a 224x224 network; "
+            "use tolerance or fewer masks), all targets at once",
         ),
         Method(
             "rise_plus",
@@ -199,6 +211,7 @@ METHODS: dict[str, Method] = {
             needs_ood_head=True,
             perturbation=True,
             stochastic=True,
+            cost="num_masks forward passes and the OoD head on each masked image, all targets at once",
         ),
     ]
 }

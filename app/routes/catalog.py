@@ -60,6 +60,7 @@ class MethodInfo(BaseModel):
     defaults: dict[str, Any]
     uses_layer: bool
     uses_attention: bool
+    cost: str = Field(description="What the method runs per image: forward and backward passes.")
     needs_ood_head: bool
     perturbation: bool
     stochastic: bool

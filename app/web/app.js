@@ -138,7 +138,9 @@ function drawMethods() {
     box.disabled = !available;
     const title = document.createElement("label");
     title.append(box, ` ${method.title}`);
-    title.title = available ? method.description : state.detail.unavailable_methods[method.name];
+    title.title = available
+      ? `${method.description}\nCost: ${method.cost}`
+      : state.detail.unavailable_methods[method.name];
     const params = document.createElement("span");
     params.className = "params";
     params.hidden = true;

@@ -156,6 +156,7 @@ def test_catalog(client):
     assert methods["rise"]["defaults"]["num_masks"] == 6000
     assert methods["rise"]["parameters"]["properties"]["keep_probability"]["exclusiveMaximum"] == 1.0
     assert methods["gradcam"]["uses_layer"] and methods["rise_plus"]["needs_ood_head"]
+    assert "num_masks forward passes" in methods["rise"]["cost"] and methods["gradient"]["cost"]
 
 
 def test_health(client):
