@@ -3,7 +3,7 @@
 xai serve [--host H] [--port P] [--redis-url URL] [--model-dirs DIRS]   # the API; embedded jobs without Redis
 xai worker           # a Celery worker for XAI_WORKER_MODELS (prefork, one process)
 xai worker-health    # exit 0 when this host's worker has loaded its models (compose healthcheck)
-xai openapi [--check]
+xai openapi [--check] [--out FILE]
 xai models check DIR # load model folders as the service would and run each method once (workers/model_check.py)
 xai explain PHOTO... # explain local files without a server (workers/explain_photo.py)
 """
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("explain", help="explain local image files, no server (xai explain --help)", add_help=False)
     models = commands.add_parser("models", help="model folders (xai models check --help)", add_help=False)
     models.add_argument("action", choices=["check"], nargs="?")
-    spec = commands.add_parser("openapi", help="write openapi/openapi.json")
+    spec = commands.add_parser("openapi", help="write openapi/openapi.json (or --out FILE)")
     spec.add_argument("--check", action="store_true", help="fail when the committed file differs")
+    spec.add_argument("--out", type=Path, default=OPENAPI, help="where to write it (default: %(default)s)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "explain":
         os.execvpe(sys.executable, [sys.executable, "-m", "workers.explain_photo", *rest], dict(os.environ))
@@ -123,9 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             if not OPENAPI.is_file() or OPENAPI.read_text() != text:
                 sys.exit(f"{OPENAPI} is out of date: run `xai openapi`")
             return
-        OPENAPI.parent.mkdir(exist_ok=True)
-        OPENAPI.write_text(text)
-        print(f"wrote {OPENAPI}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
     elif args.command == "serve":
         if settings.embedded:
             _with_allocator(argv)

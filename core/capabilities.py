@@ -21,3 +21,7 @@ class Capabilities(BaseModel):
     unavailable: dict[str, str] = Field(
         default_factory=dict, description="Methods that cannot run on the model, with the reason."
     )
+    forward_ms: float | None = Field(
+        None,
+        description="One forward pass of one image, measured by the worker when it loaded the model (median of 5).",
+    )

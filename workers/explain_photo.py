@@ -1,12 +1,13 @@
 """Explain local image files without a server, and write the maps as PNGs.
 
     xai explain [PHOTO ...] [--model efficientnet-lite0] [--methods gradcam,rise] [--param rise.num_masks=2000]
-                [--top-k 1] [--model-dirs DIR,...] [--out out/maps] [--quick]
+                [--top-k 1 | --targets 281,285] [--model-dirs DIR,...] [--out out/maps] [--quick] [--sheet PNG]
 
 Without photos it explains scikit-image's sample photo of a cat (``chelsea``). Without ``--methods``, every
 method the model can run (``GET /models/{name}`` lists the same). ``--quick`` takes cheaper parameters where
 a method has a cost knob (a photo in seconds; what ``make maps`` does). Prints the predictions, each method's
-time and, for the perturbation methods, their progress; writes ``<photo>_<method>_<class>_{heatmap,overlay}.png``.
+time and, for the perturbation methods, their progress; writes ``<photo>_<method>_<class>_{heatmap,overlay}.png``
+and ``summary.json`` (the predictions, each method's time, the files of each map).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--param", action="append", default=[], help="method.name=value, e.g. rise.num_masks=2000")
     parser.add_argument("--quick", action="store_true", help="cheaper parameters for the costly methods")
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
+    parser.add_argument("--targets", help="comma-separated class ids to explain instead of the top k")
     parser.add_argument("--out", type=Path, default=Path("out/maps"))
     parser.add_argument(
         "--sheet", type=Path, help="also a contact sheet PNG: per photo, each method's heatmap and overlay"
@@ -106,30 +108,51 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     photos = [(path.stem, to_rgb(Image.open(path))) for path in args.photos] or [("cat", sample_photo())]
     sheet: list[tuple[str, str, bytes, bytes]] = []  # (photo, method, heatmap, overlay) of each photo's top class
+    summary: dict[str, object] = {"model": args.model, "methods": [c.model_dump() for c in calls], "photos": []}
+    explicit = [int(t) for t in args.targets.split(",")] if args.targets else None
+    for target in explicit or []:
+        if not 0 <= target < manifest.num_classes:
+            raise SystemExit(f"class id {target} is out of range for {args.model} (0..{manifest.num_classes - 1})")
     for stem, photo in photos:
         inputs = to_input(photo, manifest).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             chances = probabilities(manifest.probabilities)(context.network(inputs))
-        top = chances.topk(args.top_k, dim=1)
-        ranked = zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)
-        print(f"{stem}: " + ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked))
+        top = chances.topk(max(args.top_k, 5), dim=1)
+        ranked = list(zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True))
+        print(f"{stem}: " + ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked[: args.top_k]))
+        targets = torch.tensor([explicit or top.indices[0, : args.top_k].tolist()])
+        record: dict[str, object] = {
+            "photo": stem,
+            "predictions": [
+                {"class_id": c, "label": manifest.labels[c], "probability": round(p, 6)} for c, p in ranked
+            ],
+            "timings_ms": {},
+            "maps": [],
+        }
+        summary["photos"].append(record)  # type: ignore[union-attr]
         for the_call in calls:
             started = time.perf_counter()
             shown = METHODS[the_call.name].perturbation and sys.stdout.isatty()  # a log gets the time only
             report = progress_bar(the_call.name) if shown else lambda fraction: None
-            maps = explain(the_call, build_explainer(the_call, context), inputs, top.indices, report)[0]
+            maps = explain(the_call, build_explainer(the_call, context), inputs, targets, report)[0]
             elapsed = time.perf_counter() - started
-            for target, saliency in zip(top.indices[0].tolist(), maps.detach().float().numpy(), strict=True):
+            record["timings_ms"][the_call.name] = round(elapsed * 1000, 1)  # type: ignore[index]
+            for target, saliency in zip(targets[0].tolist(), maps.detach().float().numpy(), strict=True):
                 name = f"{stem}_{the_call.name}_{target}"
                 options = RenderOptions()
                 heat = map_png(saliency, options, photo_size=photo.size, preprocessing=manifest.preprocessing)
                 (args.out / f"{name}_heatmap.png").write_bytes(heat)
                 over = map_png(saliency, options, photo=photo, preprocessing=manifest.preprocessing)
                 (args.out / f"{name}_overlay.png").write_bytes(over)
-                if target == top.indices[0, 0].item():
+                record["maps"].append(  # type: ignore[union-attr]
+                    {"method": the_call.name, "target": target, "label": manifest.labels[target],
+                     "heatmap": f"{name}_heatmap.png", "overlay": f"{name}_overlay.png"}
+                )  # fmt: skip
+                if target == targets[0, 0].item():
                     sheet.append((f"{stem}: {manifest.labels[target]}", the_call.name, heat, over))
             print(f"\r{the_call.name:28s} {elapsed * 1000:8.1f} ms" + " " * 30)
-    print(f"maps written to {args.out}/")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"maps and summary.json written to {args.out}/")
     if args.sheet:
         contact_sheet(sheet).save(args.sheet)
         print(f"contact sheet: {args.sheet}")

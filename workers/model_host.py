@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -179,7 +180,21 @@ class ModelHost:
                 unavailable[method_name] = self._ood_errors.get(name, "the model has no OoD head (ood_head)")
         usable = {m: layers for m, method in METHODS.items() if method.uses_layer and m not in unavailable}
         default = manifest.gradcam_layer or (layers[-1] if layers else None)
-        return Capabilities(default_layer=default, layers=usable, unavailable=unavailable)
+        return Capabilities(
+            default_layer=default, layers=usable, unavailable=unavailable, forward_ms=self._forward_ms(name)
+        )
+
+    def _forward_ms(self, name: str) -> float:
+        """A forward pass of one blank image, median of 5 after a warm-up: what a method's passes cost here."""
+        network, size = self.network(name), self.manifest(name).preprocessing.size
+        blank = torch.zeros(1, 3, *size, device=self.device)
+        times = []
+        with self.lock(name), torch.inference_mode():
+            for _ in range(6):
+                started = time.perf_counter()
+                network(blank)
+                times.append((time.perf_counter() - started) * 1000)
+        return round(sorted(times[1:])[2], 3)
 
     def _probe(self, name: str) -> tuple[list[str], bool, str | None]:
         """One forward pass on a blank image, recorded: (the layers that give a spatial map once per pass —

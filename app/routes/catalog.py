@@ -47,6 +47,11 @@ class ModelDetail(ModelSummary):
         None, description="Per layer method, the layers it may use; null until a worker loaded the model."
     )
     default_layer: str | None = Field(None, description="The layer a layer method uses when the request names none.")
+    forward_ms: float | None = Field(
+        None,
+        description="One forward pass of one image on a worker (measured at load): with a method's cost in passes "
+        "(GET /methods), what a job will take.",
+    )
     preprocessing: dict[str, Any] | None
     workers: list[str] = Field(description="Live workers that loaded the model; jobs for it get 503 while empty.")
     load_errors: dict[str, str] = Field(description="Per worker (or 'manifest'), why the model could not be loaded.")
@@ -123,6 +128,7 @@ async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep
         unavailable_methods={} if capabilities is None else capabilities.unavailable,
         layers=None if capabilities is None else capabilities.layers,
         default_layer=None if capabilities is None else capabilities.default_layer,
+        forward_ms=None if capabilities is None else capabilities.forward_ms,
         preprocessing=manifest.preprocessing.model_dump(mode="json"),
         workers=state.get("workers", []),
         load_errors=state.get("errors", {}),

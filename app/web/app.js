@@ -78,7 +78,8 @@ async function loadModel() {
   if (!name) return;
   const detail = (state.detail = await json(`/models/${encodeURIComponent(name)}`));
   $("#model-info").textContent = `${detail.num_classes} classes, input ${detail.input_size.join("x")}` +
-    (detail.has_ood_head ? ", OoD head" : "");
+    (detail.has_ood_head ? ", OoD head" : "") +
+    (detail.forward_ms ? `; a forward pass takes ${detail.forward_ms} ms here (see each method's cost)` : "");
   const classes = $("#classes");
   classes.replaceChildren(...detail.labels.map((label, id) => new Option(`${id}: ${label}`, id)));
   drawMethods();

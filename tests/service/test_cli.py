@@ -37,3 +37,15 @@ def test_serve_help_lists_its_options():
     assert shown.returncode == 0
     for option in ("--host", "--port", "--redis-url", "--model-dirs"):
         assert option in shown.stdout
+
+
+def test_openapi_writes_where_it_is_told(tmp_path):
+    from app.cli import OPENAPI
+
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "openapi", "--out", str(tmp_path / "spec.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "spec.json").read_text() == OPENAPI.read_text()

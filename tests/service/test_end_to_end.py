@@ -150,6 +150,7 @@ def test_catalog(client):
     attention = {name for name, method in METHODS.items() if method.uses_attention}
     assert set(detail["unavailable_methods"]) == attention, "a CNN has no attention; everything else runs"
     assert set(detail["methods"]) == set(METHODS) - attention
+    assert 0 < detail["forward_ms"] < 10_000, "a forward pass, measured by the worker"
     assert models["lenet5-shapes"]["available"] and models["lenet5-shapes"]["error"] is None
     methods = {m["name"]: m for m in client.get("/methods").json()}
     assert set(methods) == set(METHODS)

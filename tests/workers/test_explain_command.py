@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -24,18 +25,24 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
         photos.append(str(path))
     out = tmp_path / "maps"
     done = xai(
-        "explain", *photos, "--model", "lenet5-shapes", "--methods", "gradient,rise", "--param", "rise.num_masks=300",
-        "--top-k", "2", "--out", str(out), "--sheet", str(tmp_path / "sheet.png"),
+        "explain", *photos, "--model", "lenet5-shapes", "--methods", "gradient,gradcam,rise",
+        "--param", "rise.num_masks=300", "--top-k", "2", "--out", str(out), "--sheet", str(tmp_path / "sheet.png"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for index, label in enumerate(shapes.labels):
         assert f"shape{index}: {CLASSES[int(label)]} [{int(label)}]" in done.stdout, "the top class first"
-    written = sorted(path.name for path in out.iterdir())
-    assert len(written) == 2 * 2 * 2 * 2, written  # photos x methods x classes x (heatmap, overlay)
+    written = sorted(path.name for path in out.iterdir() if path.suffix == ".png")
+    assert len(written) == 2 * 3 * 2 * 2, written  # photos x methods x classes x (heatmap, overlay)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [photo["photo"] for photo in summary["photos"]] == ["shape0", "shape1"]
+    first = summary["photos"][0]
+    assert first["predictions"][0]["label"] == CLASSES[int(shapes.labels[0])]
+    assert set(first["timings_ms"]) == {"gradient", "gradcam", "rise"} and len(first["maps"]) == 3 * 2
+    assert all((out / entry["heatmap"]).is_file() for entry in first["maps"])
     with Image.open(out / written[0]) as image:
         assert image.size == (32, 32), "at the photo's size"
     with Image.open(tmp_path / "sheet.png") as sheet:  # 2 methods, 2 photos of 2 rows each
-        assert sheet.size[0] == 2 * (160 + 4) + 4 and sheet.size[1] > 4 * 32
+        assert sheet.size[0] == 3 * (160 + 4) + 4 and sheet.size[1] > 4 * 32
     assert "rise" in done.stdout and " ms" in done.stdout, "each method's time (a terminal also gets a progress bar)"
 
 
@@ -44,3 +51,13 @@ def test_a_method_that_does_not_run_or_does_not_exist_is_refused(tmp_path):
     assert refused.returncode != 0 and "computes no attention" in refused.stderr
     unknown = xai("explain", "--model", "lenet5-shapes", "--methods", "lime", "--out", str(tmp_path))
     assert unknown.returncode != 0 and "unknown method 'lime'" in unknown.stderr
+
+
+def test_explicit_targets_are_explained_and_checked(tmp_path):
+    out = tmp_path / "maps"
+    done = xai("explain", "--model", "lenet5-shapes", "--methods", "gradient", "--targets", "3,7", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [entry["target"] for entry in summary["photos"][0]["maps"]] == [3, 7]
+    refused = xai("explain", "--model", "lenet5-shapes", "--targets", "10", "--out", str(out))
+    assert refused.returncode != 0 and "out of range" in refused.stderr
