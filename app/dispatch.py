@@ -166,7 +166,6 @@ class CeleryDispatcher(Dispatcher):
         self._open(RedisKeyValue(settings.redis_url), settings)  # type: ignore[arg-type]
         self.celery = make_celery(settings)
         self._queue_of = queue_of
-        self._names = registry.names()
         self._registry = registry
         self._seen: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._lock = threading.Lock()
@@ -192,7 +191,9 @@ class CeleryDispatcher(Dispatcher):
     def models(self) -> dict[str, dict[str, Any]]:
         workers = self._workers()
         served, errors = serving(workers), load_errors(workers)
-        found = {name: {"workers": served.get(name, []), "errors": errors.get(name, {})} for name in self._names}
+        found = {
+            name: {"workers": served.get(name, []), "errors": errors.get(name, {})} for name in self._registry.names()
+        }
         return found | _broken(self._registry)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -206,7 +207,7 @@ class CeleryDispatcher(Dispatcher):
             "mode": "celery",
             "broker": "up",
             "workers": workers,
-            "models": {name: len(served.get(name, [])) for name in self._names},
+            "models": {name: len(served.get(name, [])) for name in self._registry.names()},
             "failed": load_errors(workers)
             | {name: {"manifest": error} for name, error in self._registry.broken.items()},
         }
@@ -215,7 +216,7 @@ class CeleryDispatcher(Dispatcher):
     def queue_depth(self) -> dict[str, int]:
         try:
             client = self.kv.client  # type: ignore[attr-defined]
-            return {model: int(client.llen(self._queue_of(model))) for model in self._names}
+            return {model: int(client.llen(self._queue_of(model))) for model in self._registry.names()}
         except Exception:
             return {}
 

@@ -44,14 +44,13 @@ def draw_map(
         field = next((query for key, query in names.items() if key in recolour), "clip_percentile")
         raise ServiceError(ErrorCode.invalid_parameter, error.errors()[0]["msg"], field) from None
     values = map_from_bytes(source.values)
+    preprocessing = registry.manifest(source.spec.model).preprocessing
     if form == "overlay":
         if source.pixels is None:
             return None
         photo = photo_of(source.pixels, source.spec.image_sizes[image])
-        preprocessing = registry.manifest(source.spec.model).preprocessing
         png = map_png(values, options, photo=photo, preprocessing=preprocessing)
     else:
-        preprocessing = registry.manifest(source.spec.model).preprocessing
         png = map_png(values, options, photo_size=source.spec.image_sizes[image], preprocessing=preprocessing)
     records.keep_png(source, name, drawn_as, png)
     return png

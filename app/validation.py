@@ -33,6 +33,7 @@ def manifest_of(registry: ModelRegistry, model: str, field: str = "model") -> Ma
 
 def check_methods(calls: list[MethodCallBase], manifest: Manifest, capabilities: CapabilitiesOf) -> None:
     seen: set[str] = set()
+    known = capabilities(manifest.name)  # None until a worker has loaded the model: the worker checks the call
     for index, call in enumerate(calls):
         method = METHODS[call.name]
         if call.name in seen:
@@ -46,15 +47,9 @@ def check_methods(calls: list[MethodCallBase], manifest: Manifest, capabilities:
                 f"method {call.name!r} needs an OoD head, which model {manifest.name!r} lacks",
                 f"methods[{index}].name",
             )
-        known = capabilities(manifest.name)
-        if known is None:  # no worker has loaded the model yet: the worker checks the call
+        if known is None:
             continue
-        if call.name in known.unavailable:
-            raise ServiceError(
-                ErrorCode.method_unavailable,
-                f"method {call.name!r} does not run on model {manifest.name!r}: {known.unavailable[call.name]}",
-                f"methods[{index}].name",
-            )
+        known.refuse_unavailable(call.name, manifest.name, index)
         layer = getattr(call.params, "layer", None)
         if layer is not None and layer not in known.layers.get(call.name, []):
             raise ServiceError(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import ErrorCode, ServiceError
+
 
 class Capabilities(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,3 +27,13 @@ class Capabilities(BaseModel):
         None,
         description="One forward pass of one image, measured by the worker when it loaded the model (median of 5).",
     )
+
+    def refuse_unavailable(self, method: str, model: str, index: int) -> None:
+        """ServiceError ``method_unavailable`` naming ``methods[index].name`` when the method does not run on
+        the model (the API checks a request with it, the worker a job)."""
+        if method in self.unavailable:
+            raise ServiceError(
+                ErrorCode.method_unavailable,
+                f"method {method!r} does not run on model {model!r}: {self.unavailable[method]}",
+                f"methods[{index}].name",
+            )

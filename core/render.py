@@ -127,6 +127,23 @@ def heatmap(
     ``transparent``: RGBA whose opacity is the value's strength (for an overlay drawn elsewhere), the
     not-seen pixels fully transparent; else RGB, the not-seen pixels hatched grey. ``colorbar``: a bar
     with the values at its ends beside the map."""
+    image, _, _ = _drawn(
+        saliency, colormap, polarity, clip_percentile, clip_lower_percentile, fixed, transparent, colorbar
+    )
+    return image
+
+
+def _drawn(
+    saliency: np.ndarray,
+    colormap: Colormap | None,
+    polarity: Polarity,
+    clip_percentile: float,
+    clip_lower_percentile: float,
+    fixed: tuple[float, float] | None,
+    transparent: bool,
+    colorbar: bool,
+) -> tuple[Image.Image, Colormap, Scale]:
+    """The heatmap (with its colour bar if asked), the colormap it was drawn in, and the scale."""
     colormap = colormap or (DIVERGING if polarity == "both" else "inferno")
     unit, scale = normalise(
         saliency,
@@ -142,7 +159,7 @@ def heatmap(
         image = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
     else:
         image = Image.fromarray(rgb)
-    return with_colorbar(image, colormap, scale) if colorbar else image
+    return (with_colorbar(image, colormap, scale) if colorbar else image), colormap, scale
 
 
 def with_colorbar(image: Image.Image, colormap: Colormap, scale: Scale) -> Image.Image:
@@ -184,10 +201,9 @@ def overlay(
     network did not see (NaN) show the photo greyed and dimmed, with no heatmap over them."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    shown = dict(
-        polarity=polarity, clip_percentile=clip_percentile, clip_lower_percentile=clip_lower_percentile, fixed=fixed
+    colored, colormap, scale = _drawn(
+        saliency, colormap, polarity, clip_percentile, clip_lower_percentile, fixed, transparent=False, colorbar=False
     )
-    colored = heatmap(saliency, colormap=colormap, **shown)
     if colored.size != photo.size:
         colored = colored.resize(photo.size, Image.Resampling.BILINEAR)
     base = photo.convert("RGB")
@@ -197,10 +213,7 @@ def overlay(
         grey = np.asarray(base.convert("L"), dtype=np.float64) * 0.5 + 40
         blended[unseen] = grey[unseen, None].astype(np.uint8)
     image = Image.fromarray(blended)
-    if colorbar:
-        _, scale = normalise(saliency, **shown)
-        image = with_colorbar(image, colormap or (DIVERGING if polarity == "both" else "inferno"), scale)
-    return image
+    return with_colorbar(image, colormap, scale) if colorbar else image
 
 
 def map_bytes(values: np.ndarray) -> bytes:

@@ -64,10 +64,7 @@ def compute(
     inputs = inputs.to(host.device).contiguous(memory_format=torch.channels_last)
     capabilities = host.capabilities(first.model)
     for index, call in enumerate(first.methods):  # the API checked this too, if it knew the model by then
-        if call.name in capabilities.unavailable:
-            why = capabilities.unavailable[call.name]
-            message = f"method {call.name!r} does not run on model {first.model!r}: {why}"
-            raise ServiceError(ErrorCode.method_unavailable, message, f"methods[{index}].name")
+        capabilities.refuse_unavailable(call.name, first.model, index)
     with host.lock(first.model), host.spatial(first.model, first.spatial):
         context = host.context(first.model, first.seed)
         network, ood, to_probabilities = context.network, context.ood_net, probabilities(context.probabilities)

@@ -100,11 +100,11 @@ class ModelHost:
             raise WeightsError(
                 f"model {manifest.name!r}: OoD head {path} has SHA-256 {found}, expected {manifest.ood_head.sha256}"
             )
-        if scripted(self.network(manifest.name)):
+        network = self.network(manifest.name)
+        if scripted(network):
             raise ModelLoadError(
                 "an OoD head switches the network's output_features, which a TorchScript archive has compiled in"
             )
-        network = self.network(manifest.name)
         ood = OoDNet(network, manifest.num_classes).load(path).to(self.device)
         ood.set_train(False)
         return ood

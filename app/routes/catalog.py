@@ -111,15 +111,13 @@ async def list_models(registry: RegistryDep, dispatcher: DispatcherDep) -> list[
 async def read_model(name: str, registry: RegistryDep, dispatcher: DispatcherDep) -> ModelDetail:
     """A model's labels and input, the methods that run on it and the layers each layer method may use (null
     until a worker loaded it), and its workers or why it is unavailable."""
-    if name not in registry.broken:
-        manifest_of(registry, name, "name")
+    manifest = None if name in registry.broken else manifest_of(registry, name, "name")
     state = (await _states(dispatcher)).get(name, {})
     summary = _summary(registry, name, state)
-    if name in registry.broken:
+    if manifest is None:
         return ModelDetail(
             **summary, labels=[], methods=None, preprocessing=None, workers=[], load_errors=state.get("errors", {})
         )
-    manifest = registry.manifest(name)
     capabilities = await run_in_threadpool(dispatcher.capabilities, name)
     return ModelDetail(
         **summary,

@@ -62,34 +62,31 @@ class SpatialScores:
         return network.register_forward_hook(self._hook)
 
 
+def _shares(lows: Tensor, highs: Tensor, cells: int) -> Tensor:
+    """(cells, K): the share of cell i (of ``cells`` equal cells spanning [0, 1]) that interval k,
+    [lows[k], highs[k]], covers."""
+    edges = torch.arange(cells + 1, dtype=torch.float64) / cells
+    low = torch.maximum(edges[:-1, None], lows.double()[None, :])
+    high = torch.minimum(edges[1:, None], highs.double()[None, :])
+    return (high - low).clamp(min=0) * cells
+
+
 def box_mask(box: tuple[float, float, float, float], size: tuple[int, int]) -> Tensor:
     """An (h, w) mask of the box ``(x0, y0, x1, y1)`` (fractions of the width and height) over a grid of
     ``size`` cells: 1 inside, a border cell weighted by the share of it the box covers."""
-    height, width = size
-    x0, y0, x1, y1 = box
-
-    def cover(low: float, high: float, count: int) -> Tensor:
-        edges = torch.arange(count + 1, dtype=torch.float64) / count
-        return (torch.minimum(edges[1:], torch.tensor(high)) - torch.maximum(edges[:-1], torch.tensor(low))).clamp(
-            min=0
-        ) * count
-
-    return (cover(y0, y1, height)[:, None] * cover(x0, x1, width)[None, :]).float()
+    x0, y0, x1, y1 = (torch.tensor([bound]) for bound in box)
+    return (_shares(y0, y1, size[0]) @ _shares(x0, x1, size[1]).T).float()
 
 
-def _shares(pixels: int, cells: int) -> Tensor:
-    """(cells, pixels): the share of cell i that pixel p covers, when ``cells`` equal cells and ``pixels``
-    equal pixels span the same length (each row sums to one)."""
-    pixel_edges = torch.arange(pixels + 1, dtype=torch.float64) / pixels
-    cell_edges = torch.arange(cells + 1, dtype=torch.float64) / cells
-    low = torch.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
-    high = torch.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
-    return (high - low).clamp(min=0) * cells
+def _pixel_shares(pixels: int, cells: int) -> Tensor:
+    """(cells, pixels): the share of each cell each of ``pixels`` equal pixels spanning [0, 1] covers."""
+    edges = torch.arange(pixels + 1, dtype=torch.float64) / pixels
+    return _shares(edges[:-1], edges[1:], cells)
 
 
 def cell_average(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """An (H, W) mask averaged over each cell of an (h, w) grid laid over it, by exact areas (a pixel split
     between two cells counts in each by its share)."""
     height, width = mask.shape[-2:]
-    rows, columns = _shares(height, size[0]), _shares(width, size[1])
+    rows, columns = _pixel_shares(height, size[0]), _pixel_shares(width, size[1])
     return (rows @ mask.reshape(height, width).double().cpu() @ columns.T).float()
