@@ -1,13 +1,15 @@
-"""Explain local image files without a server, and write the maps as PNGs.
+"""Explain local image files without a server, through the job runner the service runs its jobs with.
 
-    xai explain [PHOTO ...] [--model efficientnet-lite0] [--methods gradcam,rise] [--param rise.num_masks=2000]
-                [--top-k 1 | --targets 281,285] [--model-dirs DIR,...] [--out out/maps] [--quick] [--sheet PNG]
+    xai explain [PHOTO ...] [--model efficientnet-lite0] [--method gradcam --method rise:num_masks=2000,p=0.5]
+                [--top-k 1 | --target 281,285] [--model-dirs DIR,...] [--out out/maps] [--quick] [--sheet PNG]
 
-Without photos it explains scikit-image's sample photo of a cat (``chelsea``). Without ``--methods``, every
+Without photos it explains scikit-image's sample photo of a cat (``chelsea``). Without ``--method``, every
 method the model can run (``GET /models/{name}`` lists the same). ``--quick`` takes cheaper parameters where
-a method has a cost knob (a photo in seconds; what ``make maps`` does). Prints the predictions, each method's
-time and, for the perturbation methods, their progress; writes ``<photo>_<method>_<class>_{heatmap,overlay}.png``
-and ``summary.json`` (the predictions, each method's time, the files of each map).
+a method has a cost knob (a photo in seconds; what ``make maps`` does). Each photo is one job, checked as
+``POST /explain`` checks a request and run by :class:`workers.job_runner.JobRunner` on an in-memory store,
+so a map here is the map the service returns. Prints the predictions, a progress bar per photo on a terminal
+and each method's time; writes ``<photo>_<method>_<class>_{heatmap,overlay}.png`` and ``summary.json`` (the
+predictions, OoD score, each method's time, and each map's files).
 """
 
 from __future__ import annotations
@@ -15,20 +17,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
+import threading
+from io import BytesIO
 from pathlib import Path
 
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
-from core.contract import RenderOptions
-from core.methods import METHODS, call
-from core.render import map_png
+from core.contract import ExplainOptions, JobView, RenderOptions, TopK
+from core.errors import ServiceError
+from core.jobs import JobRecords
+from core.kv_memory import MemoryKeyValue
+from core.maps import draw_map
+from core.methods import METHODS, MethodCallBase, call
+from core.settings import get_settings
+from core.telemetry import Telemetry
+from core.validation import build_spec
 from models.manifest import Manifest
-from models.preprocessing import preprocess, to_rgb
-from models.registry import BUNDLED, ModelRegistry
-from workers.methods import build_explainer, explain, probabilities
+from models.preprocessing import preprocess
+from models.registry import ModelRegistry
+from workers.job_runner import JobRunner
 from workers.model_host import ModelHost
 
 # Cheaper settings than the service's defaults where a method has a cost knob: a photo in seconds.
@@ -38,6 +47,7 @@ QUICK = {
     "rise": {"num_masks": 1000},
     "rise_plus": {"num_masks": 1000},
 }
+DAY_S = 86_400  # a local run is not stopped by the service's job time limit
 
 
 def sample_photo() -> Image.Image:
@@ -51,111 +61,191 @@ def to_input(photo: Image.Image, manifest: Manifest) -> torch.Tensor:
     return torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
 
 
-def parse_params(given: list[str]) -> dict[str, dict[str, object]]:
-    """``method.name=value`` (value as JSON, else a string) -> {method: {name: value}}."""
-    found: dict[str, dict[str, object]] = {}
-    for item in given:
+def parse_method(given: str, quick: bool = False) -> MethodCallBase:
+    """``NAME`` or ``NAME:key=value,key=value`` (each value as JSON, else a string) -> a validated call."""
+    name, _, text = given.partition(":")
+    if name not in METHODS:
+        raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    params: dict[str, object] = dict(QUICK.get(name, {})) if quick else {}
+    for item in filter(None, text.split(",")):
         key, equals, raw = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not equals or not dot:
-            raise SystemExit(f"--param {item!r}: write method.name=value, e.g. rise.num_masks=2000")
+        if not equals or not key:
+            raise SystemExit(f"--method {given!r}: write NAME:key=value,key=value, e.g. rise:num_masks=2000")
         try:
-            value: object = json.loads(raw)
+            params[key] = json.loads(raw)
         except json.JSONDecodeError:
-            value = raw
-        found.setdefault(method, {})[name] = value
-    return found
+            params[key] = raw
+    try:
+        return call(name, **params)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in error.errors())
+        raise SystemExit(f"--method {given!r}: {problems}") from None
 
 
-def progress_bar(name: str) -> Callable[[float], None]:
-    def show(fraction: float) -> None:
-        filled = int(fraction * 30)
-        sys.stdout.write(f"\r{name:28s} [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%")
-        sys.stdout.flush()
+def read_photo(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SystemExit(f"{path}: {error.strerror or error}") from None
 
-    return show
+
+def sample_bytes() -> bytes:
+    buffer = BytesIO()
+    sample_photo().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ProgressBar:
+    """A job's progress read from its record while the runner works (on a terminal; a log gets none)."""
+
+    def __init__(self, records: JobRecords, job_id: str, label: str) -> None:
+        self.records, self.job_id, self.label = records, job_id, label
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._draw, daemon=True)
+
+    def __enter__(self) -> ProgressBar:
+        if sys.stdout.isatty():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+            sys.stdout.write("\r" + " " * 72 + "\r")
+
+    def _draw(self) -> None:
+        while not self._done.wait(0.1):
+            view = self.records.view(self.job_id)
+            fraction = 0.0 if view is None else view.progress
+            filled = int(fraction * 30)
+            sys.stdout.write(f"\r{self.label:28s} [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%")
+            sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xai explain", description=__doc__.splitlines()[0])
     parser.add_argument("photos", nargs="*", type=Path, help="image files (default: a sample photo of a cat)")
     parser.add_argument("--model", default="efficientnet-lite0")
-    parser.add_argument("--model-dirs", help="comma-separated model directories (default: the bundled models)")
-    parser.add_argument("--methods", help="comma-separated methods (default: every method the model can run)")
-    parser.add_argument("--param", action="append", default=[], help="method.name=value, e.g. rise.num_masks=2000")
+    parser.add_argument("--model-dirs", help="comma-separated model folders (default: XAI_MODEL_DIRS)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME[:key=value,...]",
+        help="a method and its parameters, e.g. rise:num_masks=2000,p=0.5; repeat for more "
+        "(default: every method the model can run)",
+    )
     parser.add_argument("--quick", action="store_true", help="cheaper parameters for the costly methods")
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
-    parser.add_argument("--targets", help="comma-separated class ids to explain instead of the top k")
+    parser.add_argument("--target", help="comma-separated class ids to explain in every photo, instead of the top k")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stochastic methods")
     parser.add_argument("--out", type=Path, default=Path("out/maps"))
     parser.add_argument(
         "--sheet", type=Path, help="also a contact sheet PNG: per photo, each method's heatmap and overlay"
     )
     args = parser.parse_args(argv)
 
-    registry = ModelRegistry(args.model_dirs.split(",") if args.model_dirs else [BUNDLED])
-    host = ModelHost(registry, served=[args.model])
-    manifest = host.manifest(args.model)
+    settings = get_settings()
+    registry = ModelRegistry(args.model_dirs.split(",") if args.model_dirs else settings.model_dirs)
+    if args.model not in registry.names():
+        raise SystemExit(f"unknown model {args.model!r}; known: {', '.join(registry.names())}")
+    host = ModelHost(registry, settings.device, served=[args.model])
+    host.load_all()
+    if args.model in host.failed:
+        raise SystemExit(f"model {args.model!r} did not load: {host.failed[args.model]}")
     capabilities = host.capabilities(args.model)
-    wanted = args.methods.split(",") if args.methods else [m for m in METHODS if m not in capabilities.unavailable]
-    for name in wanted:
-        if name not in METHODS:
-            raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-        if name in capabilities.unavailable:
-            raise SystemExit(f"{name} does not run on {args.model}: {capabilities.unavailable[name]}")
-    params = parse_params(args.param)
-    calls = [call(name, **{**(QUICK.get(name, {}) if args.quick else {}), **params.get(name, {})}) for name in wanted]
-    context = host.context(args.model, seed=0)
+    given = args.method or [name for name in METHODS if name not in capabilities.unavailable]
+    calls = [parse_method(text, args.quick) for text in given]
+    photos = [(path, read_photo(path)) for path in args.photos] or [(Path("cat"), sample_bytes())]
+    largest = max(len(data) for _, data in photos)
+    settings = settings.model_copy(
+        update={
+            "max_upload_bytes": max(settings.max_upload_bytes, largest),
+            "job_time_limit_s": DAY_S,
+            "batch_max_images": 1,  # one photo at a time: its own progress and times
+        }
+    )
+    records, telemetry = JobRecords(MemoryKeyValue(), settings.result_ttl_s), Telemetry(MemoryKeyValue())
+    runner = JobRunner(records, telemetry, host, settings, owner="xai-explain")
+    try:
+        explicit = [int(t) for t in args.target.split(",")] if args.target else None
+    except ValueError:
+        raise SystemExit(f"--target {args.target!r}: write class ids, e.g. 281,285") from None
     args.out.mkdir(parents=True, exist_ok=True)
-    photos = [(path.stem, to_rgb(Image.open(path))) for path in args.photos] or [("cat", sample_photo())]
     sheet: list[tuple[str, str, bytes, bytes]] = []  # (photo, method, heatmap, overlay) of each photo's top class
     summary: dict[str, object] = {"model": args.model, "methods": [c.model_dump() for c in calls], "photos": []}
-    explicit = [int(t) for t in args.targets.split(",")] if args.targets else None
-    for target in explicit or []:
-        if not 0 <= target < manifest.num_classes:
-            raise SystemExit(f"class id {target} is out of range for {args.model} (0..{manifest.num_classes - 1})")
-    for stem, photo in photos:
-        inputs = to_input(photo, manifest).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            chances = probabilities(manifest.probabilities)(context.network(inputs))
-        top = chances.topk(max(args.top_k, 5), dim=1)
-        ranked = list(zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True))
-        print(f"{stem}: " + ", ".join(f"{manifest.labels[c]} [{c}] ({p:.3f})" for c, p in ranked[: args.top_k]))
-        targets = torch.tensor([explicit or top.indices[0, : args.top_k].tolist()])
-        record: dict[str, object] = {
-            "photo": stem,
-            "predictions": [
-                {"class_id": c, "label": manifest.labels[c], "probability": round(p, 6)} for c, p in ranked
-            ],
-            "timings_ms": {},
-            "maps": [],
-        }
-        summary["photos"].append(record)  # type: ignore[union-attr]
-        for the_call in calls:
-            started = time.perf_counter()
-            shown = METHODS[the_call.name].perturbation and sys.stdout.isatty()  # a log gets the time only
-            report = progress_bar(the_call.name) if shown else lambda fraction: None
-            maps = explain(the_call, build_explainer(the_call, context), inputs, targets, report)[0]
-            elapsed = time.perf_counter() - started
-            record["timings_ms"][the_call.name] = round(elapsed * 1000, 1)  # type: ignore[index]
-            for target, saliency in zip(targets[0].tolist(), maps.detach().float().numpy(), strict=True):
-                name = f"{stem}_{the_call.name}_{target}"
-                options = RenderOptions()
-                heat = map_png(saliency, options, photo_size=photo.size, preprocessing=manifest.preprocessing)
-                (args.out / f"{name}_heatmap.png").write_bytes(heat)
-                over = map_png(saliency, options, photo=photo, preprocessing=manifest.preprocessing)
-                (args.out / f"{name}_overlay.png").write_bytes(over)
-                record["maps"].append(  # type: ignore[union-attr]
-                    {"method": the_call.name, "target": target, "label": manifest.labels[target],
-                     "heatmap": f"{name}_heatmap.png", "overlay": f"{name}_overlay.png"}
-                )  # fmt: skip
-                if target == targets[0, 0].item():
-                    sheet.append((f"{stem}: {manifest.labels[target]}", the_call.name, heat, over))
-            print(f"\r{the_call.name:28s} {elapsed * 1000:8.1f} ms" + " " * 30)
+    for path, data in photos:
+        stem = path.stem
+        options = ExplainOptions(
+            model=args.model,
+            methods=calls,
+            targets=[explicit] if explicit else TopK(top_k=args.top_k),
+            outputs=["heatmap", "overlay"],
+            render=RenderOptions(),
+            seed=args.seed,
+        )
+        try:
+            spec, pixels = build_spec(options, [data], registry, lambda _: capabilities, settings)
+        except ServiceError as error:
+            raise SystemExit(f"{path}: {error.message.removeprefix('image 0: ')}") from None
+        records.create(spec, pixels)
+        with ProgressBar(records, spec.job_id, stem):
+            runner.run(spec.job_id)
+        view = records.view(spec.job_id)
+        assert view is not None, "an in-memory job does not expire while it runs"
+        summary["photos"].append(report(stem, view, records, registry, args.out, sheet))  # type: ignore[union-attr]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"maps and summary.json written to {args.out}/")
     if args.sheet:
         contact_sheet(sheet).save(args.sheet)
         print(f"contact sheet: {args.sheet}")
+
+
+def report(
+    stem: str,
+    view: JobView,
+    records: JobRecords,
+    registry: ModelRegistry,
+    out: Path,
+    sheet: list[tuple[str, str, bytes, bytes]],
+) -> dict[str, object]:
+    """Print one photo's job, write its maps, and return its entry of ``summary.json``."""
+    if view.result is None:
+        error = view.error
+        raise SystemExit(f"{stem}: the job {view.state}" + (f": {error.code}: {error.message}" if error else ""))
+    image = view.result.images[0]
+    ood = "" if image.ood_score is None else f" (OoD score {image.ood_score:.3f})"
+    shown = ", ".join(f"{p.label} [{p.class_id}] ({p.probability:.3f})" for p in image.predictions[:3])
+    print(f"{stem}: {shown}{ood}")
+    for method, ms in view.timings_ms.items():
+        if ms == 0:
+            continue  # the prediction came from the first method's forward pass
+        print(f"  {method:26s} {ms:8.1f} ms")
+    entry: dict[str, object] = {
+        "photo": stem,
+        "predictions": [p.model_dump() for p in image.predictions],
+        "ood_score": image.ood_score,
+        "timings_ms": {method: round(ms, 1) for method, ms in view.timings_ms.items() if method in METHODS},
+        "maps": [],
+    }
+    top = image.maps[0].target if image.maps else None
+    for found in image.maps:
+        name = f"{stem}_{found.method}_{found.target}"
+        drawn = {}
+        for form in ("heatmap", "overlay"):
+            png = draw_map(records, registry, view.job_id, None, 0, f"0/{found.method}/{found.target}", form, {})
+            assert png is not None, "the job asked for both forms"
+            (out / f"{name}_{form}.png").write_bytes(png)
+            drawn[form] = png
+        record = {"method": found.method, "target": found.target, "label": found.label}
+        record |= {"heatmap": f"{name}_heatmap.png", "overlay": f"{name}_overlay.png"}
+        if found.masks_used is not None:
+            record["masks_used"] = found.masks_used
+        entry["maps"].append(record)  # type: ignore[union-attr]
+        if found.target == top:
+            sheet.append((f"{stem}: {found.label}", found.method, drawn["heatmap"], drawn["overlay"]))
+    return entry
 
 
 def contact_sheet(cells: list[tuple[str, str, bytes, bytes]], side: int = 160) -> Image.Image:

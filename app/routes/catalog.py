@@ -12,10 +12,10 @@ from app.auth import caller
 from app.deps import DispatcherDep, RegistryDep
 from app.dispatch import Dispatcher
 from app.routes.responses import READ_ERRORS
-from app.validation import manifest_of
 from core.errors import ErrorCode, ServiceError
 from core.kv import STORE_ERRORS
 from core.methods import METHODS
+from core.validation import manifest_of
 from models.registry import ModelRegistry
 
 router = APIRouter(tags=["catalog"], dependencies=[Depends(caller)])

@@ -14,9 +14,9 @@ from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.errors import classify
 from app.routes.responses import ERRORS, EXPLAIN_EXAMPLE, request_body
-from app.validation import build_spec
 from core.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
 from core.errors import ErrorCode, ServiceError
+from core.validation import build_spec
 
 router = APIRouter(tags=["explain"])
 

@@ -9,10 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.auth import CallerDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
-from app.maps import draw_map
 from app.routes.responses import CANCEL_ERRORS, ERRORS, READ_ERRORS
 from core.contract import TERMINAL_STATES, JobView
 from core.errors import ErrorCode, ServiceError
+from core.maps import draw_map
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="The job_id POST /explain returned.")

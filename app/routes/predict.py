@@ -11,9 +11,9 @@ from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.routes.explain import read_body
 from app.routes.responses import ERRORS, PREDICT_EXAMPLE, request_body
-from app.validation import decode_all, manifest_of
 from core.contract import JobSpec, Predictions, PredictJSON, PredictOptions, RenderOptions
 from core.errors import ErrorCode, ServiceError
+from core.validation import decode_all, manifest_of
 
 router = APIRouter(tags=["predict"])
 

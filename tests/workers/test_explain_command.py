@@ -1,4 +1,4 @@
-"""``xai explain``: local files explained without a server, the maps written as PNGs."""
+"""``xai explain``: local files explained without a server, through the job runner, the maps written as PNGs."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
         photos.append(str(path))
     out = tmp_path / "maps"
     done = xai(
-        "explain", *photos, "--model", "lenet5-shapes", "--methods", "gradient,gradcam,rise",
-        "--param", "rise.num_masks=300", "--top-k", "2", "--out", str(out), "--sheet", str(tmp_path / "sheet.png"),
+        "explain", *photos, "--model", "lenet5-shapes", "--method", "gradient", "--method", "gradcam",
+        "--method", "rise:num_masks=300,tolerance=0.02", "--top-k", "2", "--out", str(out),
+        "--sheet", str(tmp_path / "sheet.png"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for index, label in enumerate(shapes.labels):
@@ -39,6 +40,9 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
     assert first["predictions"][0]["label"] == CLASSES[int(shapes.labels[0])]
     assert set(first["timings_ms"]) == {"gradient", "gradcam", "rise"} and len(first["maps"]) == 3 * 2
     assert all((out / entry["heatmap"]).is_file() for entry in first["maps"])
+    rise = [entry for entry in first["maps"] if entry["method"] == "rise"]
+    assert all(0 < entry["masks_used"] <= 300 for entry in rise), "the job's result, as the service gives it"
+    assert summary["methods"][2]["params"]["tolerance"] == 0.02
     with Image.open(out / written[0]) as image:
         assert image.size == (32, 32), "at the photo's size"
     with Image.open(tmp_path / "sheet.png") as sheet:  # 2 methods, 2 photos of 2 rows each
@@ -47,17 +51,27 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
 
 
 def test_a_method_that_does_not_run_or_does_not_exist_is_refused(tmp_path):
-    refused = xai("explain", "--model", "lenet5-shapes", "--methods", "attention_rollout", "--out", str(tmp_path))
+    refused = xai("explain", "--model", "lenet5-shapes", "--method", "attention_rollout", "--out", str(tmp_path))
     assert refused.returncode != 0 and "computes no attention" in refused.stderr
-    unknown = xai("explain", "--model", "lenet5-shapes", "--methods", "lime", "--out", str(tmp_path))
+    unknown = xai("explain", "--model", "lenet5-shapes", "--method", "lime", "--out", str(tmp_path))
     assert unknown.returncode != 0 and "unknown method 'lime'" in unknown.stderr
+    bad = xai("explain", "--model", "lenet5-shapes", "--method", "rise:num_masks=-3", "--out", str(tmp_path))
+    assert bad.returncode != 0 and "num_masks" in bad.stderr and "greater than" in bad.stderr
+    unknown_param = xai("explain", "--model", "lenet5-shapes", "--method", "gradcam:steps=3", "--out", str(tmp_path))
+    assert unknown_param.returncode != 0 and "steps" in unknown_param.stderr
+    missing = xai("explain", str(tmp_path / "nope.png"), "--model", "lenet5-shapes", "--out", str(tmp_path))
+    assert missing.returncode != 0 and "nope.png" in missing.stderr
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    broken = xai("explain", str(not_image), "--model", "lenet5-shapes", "--out", str(tmp_path))
+    assert broken.returncode != 0 and "notes" in broken.stderr and "image" in broken.stderr
 
 
 def test_explicit_targets_are_explained_and_checked(tmp_path):
     out = tmp_path / "maps"
-    done = xai("explain", "--model", "lenet5-shapes", "--methods", "gradient", "--targets", "3,7", "--out", str(out))
+    done = xai("explain", "--model", "lenet5-shapes", "--method", "gradient", "--target", "3,7", "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [entry["target"] for entry in summary["photos"][0]["maps"]] == [3, 7]
-    refused = xai("explain", "--model", "lenet5-shapes", "--targets", "10", "--out", str(out))
+    refused = xai("explain", "--model", "lenet5-shapes", "--target", "10", "--out", str(out))
     assert refused.returncode != 0 and "out of range" in refused.stderr

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from app.validation import build_spec
 from core.contract import ExplainOptions
 from core.jobs import JobRecords
 from core.kv_memory import MemoryKeyValue
 from core.settings import Settings
 from core.telemetry import Telemetry
+from core.validation import build_spec
 from models.registry import ModelRegistry
 from tests.service.helpers import encode, shape_photos
 from workers import job_runner

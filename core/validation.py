@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 from PIL import Image
 
@@ -17,12 +18,19 @@ from core.images import ImageRejected, decode_image, decode_mask
 from core.methods import METHODS, MethodCallBase
 from core.settings import Settings
 from models.manifest import Manifest, ModelUnavailableError, UnknownModelError
-from models.registry import ModelRegistry
+
+
+class Manifests(Protocol):
+    """Where manifests are looked up by name (``models.registry.ModelRegistry``; core does not import it: it
+    builds networks with torch)."""
+
+    def manifest(self, name: str) -> Manifest: ...
+
 
 CapabilitiesOf = Callable[[str], Capabilities | None]  # model -> what it can do, once a worker loaded it
 
 
-def manifest_of(registry: ModelRegistry, model: str, field: str = "model") -> Manifest:
+def manifest_of(registry: Manifests, model: str, field: str = "model") -> Manifest:
     try:
         return registry.manifest(model)
     except UnknownModelError as error:
@@ -132,7 +140,7 @@ def decode_all(files: list[bytes], settings: Settings, manifest: Manifest) -> tu
 def build_spec(
     options: ExplainOptions,
     files: list[bytes],
-    registry: ModelRegistry,
+    registry: Manifests,
     capabilities: CapabilitiesOf,
     settings: Settings,
 ) -> tuple[JobSpec, list[bytes]]:

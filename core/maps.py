@@ -16,12 +16,12 @@ from core.errors import ErrorCode, ServiceError
 from core.images import photo_of
 from core.jobs import JobRecords
 from core.render import map_from_bytes, map_png
-from models.registry import ModelRegistry
+from core.validation import Manifests
 
 
 def draw_map(
     records: JobRecords,
-    registry: ModelRegistry,
+    registry: Manifests,
     job_id: str,
     owner: str | None,
     image: int,
