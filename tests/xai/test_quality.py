@@ -1,0 +1,143 @@
+"""The quality scores against cases small enough to work out by hand.
+
+The image is one row of four pixels, [1, 1, 0, 0]; the "network" gives class 0 the probability
+sum(pixels) / 2 and class 1 the rest, so every point of a curve is a fraction we can write down.
+Tolerances are 1e-6: the arithmetic is a handful of float32 sums.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from workers.xai.quality import (
+    area,
+    complexity,
+    constant,
+    correlation,
+    faithfulness,
+    iosr,
+    pointing_hits,
+    randomised_copy,
+    rank_correlation,
+    salience_ranks,
+    sparseness,
+)
+
+IMAGE = torch.tensor([1.0, 1.0, 0.0, 0.0]).reshape(1, 1, 1, 4)
+RIGHT = torch.tensor([0.9, 0.8, 0.1, 0.0]).reshape(1, 1, 1, 4)  # the two pixels that matter first
+WRONG = torch.tensor([0.0, 0.1, 0.8, 0.9]).reshape(1, 1, 1, 4)  # ... last
+
+
+def half_sum(inputs: torch.Tensor) -> torch.Tensor:
+    first = inputs.flatten(1).sum(1) / 2
+    return torch.stack([first, 1 - first], dim=1)
+
+
+def test_sparseness_is_the_gini_index_of_the_absolute_values():
+    assert sparseness(torch.tensor([[0.0, 0.0], [0.0, 5.0]])).item() == pytest.approx(3 / 4)  # (n - 1) / n
+    assert sparseness(torch.tensor([[1.0, -1.0], [0.0, 0.0]])).item() == pytest.approx(0.5)  # (1*1 + 3*1) / (4*2)
+    assert sparseness(torch.ones(3, 3)).item() == pytest.approx(0.0)
+    assert sparseness(torch.zeros(3, 3)).item() == 0.0
+    batch = torch.stack([torch.ones(2, 2), torch.tensor([[0.0, 0.0], [0.0, 1.0]])])
+    assert sparseness(batch).tolist() == pytest.approx([0.0, 0.75])
+
+
+def test_complexity_is_the_entropy_over_its_largest_value():
+    assert complexity(torch.tensor([[0.0, 0.0], [0.0, 2.0]])).item() == pytest.approx(0.0)
+    assert complexity(torch.tensor([[1.0, -1.0], [0.0, 0.0]])).item() == pytest.approx(0.5)  # log 2 / log 4
+    assert complexity(torch.full((4, 4), 0.3)).item() == pytest.approx(1.0)
+    assert complexity(torch.zeros(2, 2)).item() == 1.0
+
+
+def test_ranks_put_the_largest_value_first_and_ties_in_reading_order():
+    assert salience_ranks(torch.tensor([[0.2, 0.9], [0.2, 0.5]])).tolist() == [[2, 0], [3, 1]]
+    assert salience_ranks(torch.zeros(2, 2)).tolist() == [[0, 1], [2, 3]]
+
+
+def test_the_area_is_the_trapezoidal_rule_over_zero_to_one():
+    assert area(torch.tensor([1.0, 0.5, 0.0])).item() == pytest.approx(0.5)  # (1 + 0.5) / 4 + (0.5 + 0) / 4
+    assert area(torch.ones(17)).item() == pytest.approx(1.0)
+
+
+def test_deletion_and_insertion_curves_of_a_right_and_a_wrong_map():
+    maps = torch.cat([RIGHT, WRONG], dim=1)  # (1, 2, 1, 4): two maps of one image
+    found = faithfulness(
+        half_sum,
+        IMAGE,
+        maps,
+        torch.zeros(1, 2, dtype=torch.long),
+        steps=4,
+        deletion_reference=constant(IMAGE),
+        insertion_reference=constant(IMAGE),
+        confidence_reference=constant(IMAGE),
+    )
+    # Removing the right map's pixels: 1 (image), 0.5, 0, 0, 0 (reference); the wrong one's: 1, 1, 1, 0.5, 0.
+    assert found.deletion[0].tolist() == [pytest.approx([1, 0.5, 0, 0, 0]), pytest.approx([1, 1, 1, 0.5, 0])]
+    assert found.deletion_auc[0].tolist() == pytest.approx([0.25, 0.75])  # lower is better: the right map wins
+    assert found.insertion[0].tolist() == [pytest.approx([0, 0.5, 1, 1, 1]), pytest.approx([0, 0, 0, 0.5, 1])]
+    assert found.insertion_auc[0].tolist() == pytest.approx([0.75, 0.25])  # higher is better
+    # x * map / max(map): right -> [1, 8/9, 0, 0] -> 17/18; wrong -> [0, 1/9, 0, 0] -> 1/18; both from 1.
+    assert found.confidence_change[0].tolist() == pytest.approx([17 / 18 - 1, 1 / 18 - 1])
+    # one image, two references, 2 maps x 3 inner steps each way, 2 confidence passes
+    assert found.passes == 1 + 2 * (1 + 2 * 3) + 2
+
+
+def test_every_target_reads_the_same_passes_and_batches_do_not_change_the_answer():
+    images = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    maps = torch.rand(5, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([[0, 1, 2, 0]] * 5)
+    weights = torch.randn(3, 3 * 36, generator=torch.Generator().manual_seed(2))
+
+    def scores(inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(inputs.flatten(1) @ weights.T, dim=1)
+
+    options = {"steps": 5, "deletion_reference": constant(images), "insertion_reference": images * 0.5}
+    whole = faithfulness(scores, images, maps, targets, batch_size=1000, **options)
+    small = faithfulness(scores, images, maps, targets, batch_size=7, **options)
+    assert torch.allclose(whole.deletion, small.deletion, atol=1e-6)
+    assert torch.allclose(whole.insertion, small.insertion, atol=1e-6)
+    # the curves' ends: the image's own probability and the reference's, the same for every map of an image
+    original = scores(images).gather(1, targets)
+    assert torch.allclose(whole.deletion[..., 0], original, atol=1e-6)
+    assert torch.allclose(whole.insertion[..., -1], original, atol=1e-6)
+    assert whole.passes == 5 * (1 + 2 * (1 + 4 * 4))
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="disagree"):
+        faithfulness(half_sum, IMAGE, RIGHT[:, :, :, :3], torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="steps"):
+        faithfulness(half_sum, IMAGE, RIGHT, torch.zeros(1, 1, dtype=torch.long), steps=1)
+
+
+def test_pointing_and_iosr_against_a_mask():
+    masks = torch.tensor([[[True, True, False, False]]])
+    assert pointing_hits(RIGHT[0], masks).tolist() == [True]
+    assert pointing_hits(WRONG[0], masks).tolist() == [False]
+    assert pointing_hits(WRONG[0], masks, tolerance=2).tolist() == [True]  # the mask grown by 2 px reaches it
+    assert iosr(RIGHT[0], masks).tolist() == pytest.approx([1.0])  # salient: pixels 0 and 1
+    assert iosr(WRONG[0], masks).tolist() == pytest.approx([0.0])
+    assert iosr(torch.zeros(1, 1, 4), masks).tolist() == pytest.approx([0.5])  # flat: salient everywhere
+
+
+def test_correlations():
+    a = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(0))
+    assert correlation(a, 2 * a + 1).tolist() == pytest.approx([1, 1, 1])
+    assert correlation(a, -a).tolist() == pytest.approx([-1, -1, -1])
+    assert correlation(a, torch.ones(3, 5, 5)).tolist() == [0, 0, 0]
+    assert rank_correlation(a, a**3).tolist() == pytest.approx([1, 1, 1])  # same order, other values
+    assert rank_correlation(a, -a).tolist() == pytest.approx([1, 1, 1])  # of the absolute values
+
+
+def test_randomised_copy_draws_the_top_layers_again_and_keeps_the_rest():
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 10)).eval()
+    clone = randomised_copy(network, layers=1)
+    assert torch.equal(clone[0].weight, network[0].weight) and torch.equal(clone[1].weight, network[1].weight)
+    assert not torch.equal(clone[3].weight, network[3].weight)
+    assert not clone.training
+    again = randomised_copy(network, layers=1)
+    assert torch.equal(clone[3].weight, again[3].weight), "seeded"
+    deeper = randomised_copy(network, layers=3)
+    assert not torch.equal(deeper[0].weight, network[0].weight)
