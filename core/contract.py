@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import ErrorCode
 from core.methods import METHODS, MethodCall
+from core.quality import DEFAULT_QUALITY, QualityName, QualityOptions, score_description
 
 OutputForm = Literal["raw", "heatmap", "overlay"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -108,6 +109,15 @@ class ExplainOptions(_Model):
     spatial: SpatialOptions | None = Field(
         None, description="Models with spatial scores only (GET /models/{name}): a region of the output to explain."
     )
+    quality: list[QualityName] = Field(
+        default_factory=lambda: list(DEFAULT_QUALITY),
+        max_length=len(QualityName.__args__),
+        description="Scores of each map returned with it (GET /quality): "
+        + score_description()
+        + ". Default: the two free ones; deletion_auc, insertion_auc and confidence_change cost forward passes "
+        "(quality_options.steps).",
+    )
+    quality_options: QualityOptions = QualityOptions()
 
 
 class ExplainJSON(ExplainOptions):
@@ -137,6 +147,8 @@ class JobSpec(_Model):
     render: RenderOptions
     seed: int | None = None
     spatial: SpatialOptions | None = None
+    quality: list[QualityName] = []
+    quality_options: QualityOptions = QualityOptions()
     image_count: int
     image_sizes: list[tuple[int, int]] = Field(description="(width, height) of each decoded image (RGB pixels).")
 
@@ -161,6 +173,9 @@ class MapResult(_Model):
     heatmap_url: str | None = None
     overlay_url: str | None = None
     masks_used: int | None = Field(None, description="RISE / RISEPlus: the masks this map averages.")
+    quality: dict[str, float] = Field(
+        default_factory=dict, description="The scores the request asked for (GET /quality): " + score_description()
+    )
 
 
 class ImageResult(_Model):

@@ -169,6 +169,8 @@ def build_spec(
         render=options.render,
         seed=options.seed,
         spatial=options.spatial,
+        quality=list(dict.fromkeys(options.quality)),
+        quality_options=options.quality_options,
         image_count=len(files),
         image_sizes=sizes,
     )

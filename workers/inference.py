@@ -23,6 +23,7 @@ from core.methods import MethodCallBase
 from models.preprocessing import preprocess
 from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
+from workers.quality import MapScores, needs_passes, score_maps
 from workers.rendering import PutMap, map_result
 from workers.xai import Explainer, TopTargets
 
@@ -34,7 +35,8 @@ def batch_key(spec: JobSpec) -> str:
     """Jobs with the same key can share one pass per method: same model, methods, parameters and seed."""
     calls = ",".join(call.model_dump_json() for call in spec.methods)
     spatial = "" if spec.spatial is None else spec.spatial.model_dump_json()
-    return f"{spec.model}|{spec.seed}|{calls}|{spatial}"
+    quality = f"{spec.quality}|{spec.quality_options.model_dump_json()}" if spec.quality else ""
+    return f"{spec.model}|{spec.seed}|{calls}|{spatial}|{quality}"
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Computed:
     targets: list[int]
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     masks_used: dict[str, int] = field(default_factory=dict)  # RISE and RISEPlus: masks each map averages
+    quality: MapScores = field(default_factory=dict)
 
 
 def compute(
@@ -69,12 +72,13 @@ def compute(
         context = host.context(first.model, first.seed)
         network, ood, to_probabilities = context.network, context.ood_net, probabilities(context.probabilities)
         lead = _lead(specs, context)
+        slots = len(first.methods) + needs_passes(first)  # progress: a share per method, one for the scores
         started = time.perf_counter()
         if lead is None:
             chances, scores = _predict(network, ood, inputs, to_probabilities)
             timings["predict"] = (time.perf_counter() - started) * 1000
         else:  # the first method's forward pass is the prediction: its targets are the top classes
-            report = _scaled(checkpoint, 0, len(first.methods))
+            report = _scaled(checkpoint, 0, slots)
             report(0.0)
             lead_maps = _explain_lead(first.methods[0], lead, inputs, TopTargets(first.top_k), report)
             timings["predict"] = 0.0
@@ -103,7 +107,7 @@ def compute(
             if index == 0 and lead is not None:
                 continue
             started = time.perf_counter()
-            report = _scaled(checkpoint, index, len(first.methods))
+            report = _scaled(checkpoint, index, slots)
             report(0.0)
             saliency, used = _explain_all(call, index, context, inputs, [image.targets for image in images], report)
             timings[call.name] = (time.perf_counter() - started) * 1000
@@ -111,6 +115,13 @@ def compute(
                 image.maps[call.name] = maps
                 if masks is not None:
                     image.masks_used[call.name] = masks
+        if first.quality:
+            started = time.perf_counter()
+            report = _scaled(checkpoint, len(first.methods), slots)
+            maps, targets = [image.maps for image in images], [image.targets for image in images]
+            for image, scores in zip(images, score_maps(first, context, inputs, maps, targets, report), strict=True):
+                image.quality = scores
+            timings["quality"] = (time.perf_counter() - started) * 1000
     per_job, start = [], 0
     for spec in specs:
         per_job.append(images[start : start + spec.image_count])
@@ -129,6 +140,7 @@ def result_of(spec: JobSpec, computed: list[Computed], host: ModelHost, put_map:
                 values = image.maps[call.name][column].numpy()
                 found = map_result(spec, manifest, index, call.name, target, values, put_map)
                 found.masks_used = image.masks_used.get(call.name)
+                found.quality = image.quality.get((call.name, target), {})
                 maps.append(found)
         images.append(
             ImageResult(

@@ -18,6 +18,7 @@ from workers.xai.quality import (
     correlation,
     faithfulness,
     iosr,
+    mean_colour,
     pointing_hits,
     randomised_copy,
     rank_correlation,
@@ -51,9 +52,21 @@ def test_complexity_is_the_entropy_over_its_largest_value():
     assert complexity(torch.zeros(2, 2)).item() == 1.0
 
 
-def test_ranks_put_the_largest_value_first_and_ties_in_reading_order():
-    assert salience_ranks(torch.tensor([[0.2, 0.9], [0.2, 0.5]])).tolist() == [[2, 0], [3, 1]]
-    assert salience_ranks(torch.zeros(2, 2)).tolist() == [[0, 1], [2, 3]]
+def test_ranks_put_the_largest_value_first_and_break_ties_in_a_fixed_random_order():
+    ranks = salience_ranks(torch.tensor([[0.2, 0.9], [0.2, 0.5]]))
+    assert ranks[0, 1] == 0 and ranks[1, 1] == 1 and sorted(ranks[:, 0].tolist()) == [2, 3]
+    flat = salience_ranks(torch.zeros(8, 8))
+    assert sorted(flat.flatten().tolist()) == list(range(64))
+    assert flat.flatten().tolist() != list(range(64)), "not reading order"
+    assert torch.equal(flat, salience_ranks(torch.zeros(8, 8))), "the same order every time"
+    assert torch.equal(salience_ranks(torch.zeros(2, 8, 8))[1], flat), "and for every map"
+
+
+def test_the_mean_colour_reference_is_each_image_s_own():
+    images = torch.rand(2, 3, 4, 5)
+    reference = mean_colour(images)
+    assert reference.shape == images.shape
+    assert torch.allclose(reference[1, 2], images[1, 2].mean().expand(4, 5))
 
 
 def test_the_area_is_the_trapezoidal_rule_over_zero_to_one():

@@ -35,7 +35,7 @@ from ._smoothing import smooth_maps
 
 Scores = Callable[[Tensor], Tensor]  # inputs (B, C, H, W) -> class probabilities (B, K)
 Progress = Callable[[float], None]
-BLUR = 1 / 16  # the blurred reference's Gaussian, in units of the image's longer side
+BLUR = 0.15  # the blurred reference's Gaussian, in units of the image's longer side
 
 
 def sparseness(maps: Tensor) -> Tensor:
@@ -69,11 +69,19 @@ def constant(inputs: Tensor, value: float = 0.0) -> Tensor:
     return torch.full_like(inputs, value)
 
 
-def salience_ranks(maps: Tensor) -> Tensor:
-    """(..., H, W) -> each pixel's place when the map's values are sorted from the largest (0) down; ties in
-    reading order, so that a uniform map removes pixels row by row."""
+def mean_colour(inputs: Tensor) -> Tensor:
+    """Each image's own mean colour everywhere: no shape, and no colour the image lacks (a region filled with
+    the data set's mean colour can stand out and keep the object's outline)."""
+    return inputs.mean(dim=(-2, -1), keepdim=True).expand_as(inputs).clone()
+
+
+def salience_ranks(maps: Tensor, seed: int = 0) -> Tensor:
+    """(..., H, W) -> each pixel's place when the map's values are sorted from the largest (0) down. Ties are
+    broken by a fixed random order of the pixels (``seed``): a map that does not order some pixels is scored
+    as a random order of them would be, not as an order (reading order, say) that happens to suit the image."""
     flat = maps.detach().flatten(-2)
-    order = torch.argsort(flat, dim=-1, descending=True, stable=True)
+    shuffle = torch.randperm(flat.shape[-1], generator=torch.Generator().manual_seed(seed)).to(flat.device)
+    order = shuffle[torch.argsort(flat[..., shuffle], dim=-1, descending=True, stable=True)]
     places = torch.arange(flat.shape[-1], device=flat.device).expand_as(order)
     return torch.empty_like(order).scatter_(-1, order, places).reshape(maps.shape)
 
@@ -143,7 +151,8 @@ def faithfulness(
     for start in range(0, count, group):
         end = min(count, start + group)
         batch, layout = _perturbed(inputs[start:end], maps[start:end], cutoffs, kinds, confidence_reference, start)
-        probabilities = _run(scores, batch, batch_size)
+        report = None if progress is None else _part(progress, start / count, (end - start) / count)
+        probabilities = _run(scores, batch, batch_size, report)
         found.passes += len(batch)
         for image in range(start, end):
             wanted = targets[image].to(probabilities.device)
@@ -159,8 +168,6 @@ def faithfulness(
                 first, last = layout[image, "confidence"]
                 moved = probabilities[first:last].gather(1, wanted[:, None])[:, 0]
                 change[image] = (moved - original).float().cpu()
-        if progress is not None:
-            progress(end / count)
     found.deletion, found.insertion = curves.get("deletion"), curves.get("insertion")
     found.confidence_change = change
     return found
@@ -202,9 +209,21 @@ def _perturbed(
     return torch.cat(pieces), layout
 
 
-def _run(scores: Scores, batch: Tensor, batch_size: int) -> Tensor:
+def _part(progress: Progress, first: float, share: float) -> Progress:
+    return lambda done: progress(first + done * share)
+
+
+def _run(scores: Scores, batch: Tensor, batch_size: int, progress: Progress | None) -> Tensor:
+    """Probabilities of the batch, ``batch_size`` images a pass; ``progress`` after each pass (it may raise to
+    stop)."""
+    found = []
+    chunks = batch.split(batch_size)
     with torch.inference_mode():
-        return torch.cat([scores(chunk).float() for chunk in batch.split(batch_size)])
+        for number, chunk in enumerate(chunks):
+            found.append(scores(chunk).float())
+            if progress is not None:
+                progress((number + 1) / len(chunks))
+    return torch.cat(found)
 
 
 def grown(masks: Tensor, tolerance: int) -> Tensor:

@@ -1,0 +1,101 @@
+"""The quality scores a job asked for (``core/quality.py``), of every map of its images.
+
+The free scores read the maps. The faithfulness scores (deletion and insertion AUC, confidence change)
+run ``workers/xai/quality.py``'s batched passes: images with as many maps run together, and every map
+of an image (each method, each target) shares the image's own pass and its references'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from core.contract import JobSpec
+from core.quality import QualityOptions
+from workers.methods import Context, probabilities
+from workers.xai.quality import blurred, complexity, constant, faithfulness, mean_colour, sparseness
+
+QUALITY_BATCH = 64  # images per forward pass of the faithfulness scores
+FORWARD_SCORES = frozenset({"deletion_auc", "insertion_auc", "confidence_change"})
+MapScores = dict[tuple[str, int], dict[str, float]]  # (method, target) -> score name -> value
+
+
+def needs_passes(spec: JobSpec) -> bool:
+    return not FORWARD_SCORES.isdisjoint(spec.quality)
+
+
+def score_maps(
+    spec: JobSpec,
+    context: Context,
+    inputs: Tensor,
+    maps: list[dict[str, Tensor]],
+    targets: list[list[int]],
+    progress: Callable[[float], None],
+) -> list[MapScores]:
+    """Per image (``inputs[i]``, its ``maps[i]`` by method, each (L, H, W) for its L ``targets[i]``), the
+    scores of each of its maps."""
+    wanted, methods = spec.quality, [call.name for call in spec.methods]
+    found: list[MapScores] = [{} for _ in maps]
+    if not wanted:
+        return found
+    keys = [[(method, target) for method in methods for target in mine] for mine in targets]
+    stacks = [torch.cat([image[method].float() for method in methods]) for image in maps]  # (M, H, W) each
+    for image, stack in enumerate(stacks):
+        free = {"sparseness": sparseness, "complexity": complexity}
+        values = {name: score(stack).tolist() for name, score in free.items() if name in wanted}
+        for position, key in enumerate(keys[image]):
+            found[image][key] = {name: round(column[position], 6) for name, column in values.items()}
+    if not needs_passes(spec):
+        return found
+    groups: dict[int, list[int]] = {}
+    for image, stack in enumerate(stacks):
+        groups.setdefault(len(stack), []).append(image)
+    to_probabilities = probabilities(context.probabilities)
+    done = 0
+    for rows in groups.values():
+        chosen = inputs[rows]
+        references = _references(chosen, spec.quality_options, wanted)
+        share = len(rows) / len(stacks)
+        result = faithfulness(
+            lambda batch: to_probabilities(context.network(batch)),
+            chosen,
+            torch.stack([stacks[i] for i in rows]).to(inputs.device),
+            torch.tensor([[target for _, target in keys[i]] for i in rows]),
+            steps=spec.quality_options.steps,
+            batch_size=QUALITY_BATCH,
+            progress=lambda fraction, first=done, part=share: progress(first + fraction * part),
+            **references,
+        )
+        done += share
+        columns = {
+            "deletion_auc": result.deletion_auc,
+            "insertion_auc": result.insertion_auc,
+            "confidence_change": result.confidence_change,
+        }
+        for position, image in enumerate(rows):
+            for name, column in columns.items():
+                if column is None:
+                    continue
+                for index, key in enumerate(keys[image]):
+                    found[image][key][name] = round(float(column[position, index]), 6)
+    return found
+
+
+def _references(inputs: Tensor, options: QualityOptions, wanted: list[str]) -> dict[str, Tensor | None]:
+    """The reference images each asked-for score needs, each made once."""
+    made: dict[str, Tensor] = {}
+
+    def reference(kind: str) -> Tensor:
+        if kind not in made:
+            build = {"blur": lambda: blurred(inputs, options.blur), "mean": lambda: mean_colour(inputs)}
+            made[kind] = build.get(kind, lambda: constant(inputs))()
+        return made[kind]
+
+    deletion = reference(options.deletion_reference)
+    return {
+        "deletion_reference": deletion if "deletion_auc" in wanted else None,
+        "insertion_reference": reference(options.insertion_reference) if "insertion_auc" in wanted else None,
+        "confidence_reference": deletion if "confidence_change" in wanted else None,
+    }
