@@ -31,6 +31,7 @@ from core.jobs import JobRecords
 from core.kv_memory import MemoryKeyValue
 from core.maps import draw_map
 from core.methods import METHODS, MethodCallBase, call
+from core.quality import DEFAULT_QUALITY, SCORES
 from core.settings import get_settings
 from core.telemetry import Telemetry
 from core.validation import build_spec
@@ -47,6 +48,7 @@ QUICK = {
     "rise": {"num_masks": 1000},
     "rise_plus": {"num_masks": 1000},
 }
+ARROWS = {"higher": "↑", "lower": "↓"}  # which way each score is better
 DAY_S = 86_400  # a local run is not stopped by the service's job time limit
 
 
@@ -140,6 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
     parser.add_argument("--target", help="comma-separated class ids to explain in every photo, instead of the top k")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stochastic methods")
+    parser.add_argument(
+        "--quality",
+        default=",".join(DEFAULT_QUALITY),
+        help="comma-separated scores of each map (GET /quality; default: %(default)s; 'none' for none): "
+        + ", ".join(name for name, score in SCORES.items() if score.per_map),
+    )
+    parser.add_argument("--quality-steps", type=int, default=16, help="steps of the deletion and insertion curves")
     parser.add_argument("--out", type=Path, default=Path("out/maps"))
     parser.add_argument(
         "--sheet", type=Path, help="also a contact sheet PNG: per photo, each method's heatmap and overlay"
@@ -175,15 +184,18 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sheet: list[tuple[str, str, bytes, bytes]] = []  # (photo, method, heatmap, overlay) of each photo's top class
     summary: dict[str, object] = {"model": args.model, "methods": [c.model_dump() for c in calls], "photos": []}
+    quality = [] if args.quality == "none" else [name for name in args.quality.split(",") if name]
     for path, data in photos:
         stem = path.stem
-        options = ExplainOptions(
+        options = _options(
             model=args.model,
             methods=calls,
             targets=[explicit] if explicit else TopK(top_k=args.top_k),
             outputs=["heatmap", "overlay"],
             render=RenderOptions(),
             seed=args.seed,
+            quality=quality,
+            quality_options={"steps": args.quality_steps},
         )
         try:
             spec, pixels = build_spec(options, [data], registry, lambda _: capabilities, settings)
@@ -200,6 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.sheet:
         contact_sheet(sheet).save(args.sheet)
         print(f"contact sheet: {args.sheet}")
+
+
+def _options(**given: object) -> ExplainOptions:
+    try:
+        return ExplainOptions(**given)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise SystemExit(problems) from None
 
 
 def report(
@@ -242,6 +262,12 @@ def report(
         record |= {"heatmap": f"{name}_heatmap.png", "overlay": f"{name}_overlay.png"}
         if found.masks_used is not None:
             record["masks_used"] = found.masks_used
+        if found.quality:
+            record["quality"] = found.quality
+            shown = ", ".join(
+                f"{name} {value:.3f} {ARROWS[SCORES[name].better]}" for name, value in found.quality.items()
+            )
+            print(f"  {found.method:26s} {found.label}: {shown}")
         entry["maps"].append(record)  # type: ignore[union-attr]
         if found.target == top:
             sheet.append((f"{stem}: {found.label}", found.method, drawn["heatmap"], drawn["overlay"]))

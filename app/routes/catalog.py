@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from app.routes.responses import READ_ERRORS
 from core.errors import ErrorCode, ServiceError
 from core.kv import STORE_ERRORS
 from core.methods import METHODS
+from core.quality import SCORES
 from core.validation import manifest_of
 from models.registry import ModelRegistry
 
@@ -69,6 +70,18 @@ class MethodInfo(BaseModel):
     needs_ood_head: bool
     perturbation: bool
     stochastic: bool
+
+
+class QualityInfo(BaseModel):
+    name: str
+    title: str
+    description: str
+    better: Literal["higher", "lower"] = Field(description="Which way a better map moves the score.")
+    cost: str
+    per_map: bool = Field(
+        description="Returned with each map when the request's quality names it; otherwise xai evaluate only."
+    )
+    range: list[float] = Field(min_length=2, max_length=2, description="(lowest, highest) value the score takes.")
 
 
 def _summary(registry: ModelRegistry, name: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -144,3 +157,10 @@ def read_method(name: str) -> MethodInfo:
     if name not in METHODS:
         raise ServiceError(ErrorCode.unknown_method, f"unknown method {name!r}; known: {', '.join(METHODS)}", "name")
     return MethodInfo(**METHODS[name].describe())
+
+
+@router.get("/quality", response_model=list[QualityInfo], operation_id="list_quality_scores")
+def list_quality_scores() -> list[QualityInfo]:
+    """The scores of a map's quality: those a job returns with each map (``quality`` in POST /explain) and those
+    ``xai evaluate`` reports offline, each with what it measures, which way is better and what it costs."""
+    return [QualityInfo(**score.describe()) for score in SCORES.values()]

@@ -3,7 +3,8 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const state = { models: [], methods: [], detail: null, files: [] };
+const state = { models: [], methods: [], scores: [], detail: null, files: [] };
+const DEFAULT_SCORES = new Set(["sparseness", "complexity"]); // free: computed from the map
 
 // ---- the API -------------------------------------------------------------------------------------------
 
@@ -59,7 +60,8 @@ function drawThumbs() {
 // ---- models and methods --------------------------------------------------------------------------------
 
 async function loadCatalogue() {
-  [state.models, state.methods] = await Promise.all([json("/models"), json("/methods")]);
+  [state.models, state.methods, state.scores] = await Promise.all([json("/models"), json("/methods"), json("/quality")]);
+  drawScores();
   const select = $("#model");
   select.replaceChildren();
   for (const model of state.models) {
@@ -156,6 +158,36 @@ function drawMethods() {
   }
 }
 
+function drawScores() {
+  const holder = $("#quality-scores");
+  holder.replaceChildren();
+  for (const score of state.scores.filter((item) => item.per_map)) {
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", value: score.name });
+    box.checked = DEFAULT_SCORES.has(score.name);
+    const label = document.createElement("label");
+    label.title = `${score.description}\n${score.better} is better. Cost: ${score.cost}`;
+    label.append(box, ` ${score.title} ${score.better === "higher" ? "↑" : "↓"}`);
+    holder.append(label);
+  }
+}
+
+function chosenScores() {
+  return [...document.querySelectorAll("#quality-scores input:checked")].map((box) => box.value);
+}
+
+function scoreLine(quality) {
+  const known = new Map(state.scores.map((score) => [score.name, score]));
+  return Object.entries(quality || {}).map(([name, value]) => {
+    const score = known.get(name);
+    const span = document.createElement("span");
+    span.className = "score";
+    span.dataset.score = name;
+    span.textContent = `${score ? score.title : name} ${value.toFixed(3)}${score ? (score.better === "higher" ? " ↑" : " ↓") : ""}`;
+    span.title = score ? `${score.description}\n${score.better} is better` : name;
+    return span;
+  });
+}
+
 function readParam(input) {
   const fallback = JSON.parse(input.dataset.default);
   switch (input.dataset.kind) {
@@ -194,6 +226,8 @@ async function submit() {
     methods,
     targets: byClass ? state.files.map(() => classes) : { top_k: Number($("#top-k").value) },
     outputs: ["raw", "heatmap", "overlay"],
+    quality: chosenScores(),
+    quality_options: { steps: Number($("#quality-steps").value) },
   };
   const form = new FormData();
   for (const file of state.files) form.append("images", file, file.name);
@@ -255,7 +289,10 @@ function showResult(card, view, files, detail) {
         img.alt = `${method} map of ${label}`;
         img.dataset.method = method;
         img.addEventListener("click", () => enlarge(img, entry));
-        row.insertCell().append(img);
+        const scores = document.createElement("div");
+        scores.className = "scores";
+        scores.append(...scoreLine(entry.quality));
+        row.insertCell().append(img, scores);
         cells.push({ img, entry, values: rawValues(entry.raw) });
       }
     }

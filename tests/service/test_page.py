@@ -68,6 +68,8 @@ def test_a_user_explains_a_shape_with_two_methods(embedded_api, browser, tmp_pat
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#thumbs img"))
     for method in ("gradient", "gradcam"):
         browser.find_element(By.CSS_SELECTOR, f"#methods input[type=checkbox][value={method}]").click()
+    for score in ("deletion_auc", "insertion_auc"):  # beside the free ones, checked by default
+        browser.find_element(By.CSS_SELECTOR, f"#quality-scores input[value={score}]").click()
     browser.find_element(By.ID, "submit").click()
 
     wait.until(lambda d: len(drawn_maps(d)) == 2)
@@ -78,6 +80,11 @@ def test_a_user_explains_a_shape_with_two_methods(embedded_api, browser, tmp_pat
     assert top.startswith(label), f"the page shows {top!r} for a {label}"
     headers = [cell.text for cell in job.find_elements(By.CSS_SELECTOR, "table.grid thead th")]
     assert headers[1:] == ["gradient", "gradcam"]
+    for cell in job.find_elements(By.CSS_SELECTOR, "table.grid td"):  # each map's scores beside it
+        shown = {span.get_attribute("data-score"): span.text for span in cell.find_elements(By.CSS_SELECTOR, ".score")}
+        assert set(shown) == {"sparseness", "complexity", "deletion_auc", "insertion_auc"}, shown
+        assert shown["deletion_auc"].startswith("Deletion AUC 0.") and shown["deletion_auc"].endswith("↓")
+        assert shown["insertion_auc"].endswith("↑")
 
     # Overlays with a shared scale and a colour bar: every map drawn again.
     before = {image.get_attribute("src") for image in drawn_maps(browser)}

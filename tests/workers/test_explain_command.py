@@ -27,7 +27,7 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
     done = xai(
         "explain", *photos, "--model", "lenet5-shapes", "--method", "gradient", "--method", "gradcam",
         "--method", "rise:num_masks=300,tolerance=0.02", "--top-k", "2", "--out", str(out),
-        "--sheet", str(tmp_path / "sheet.png"),
+        "--sheet", str(tmp_path / "sheet.png"), "--quality", "sparseness,deletion_auc", "--quality-steps", "4",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for index, label in enumerate(shapes.labels):
@@ -43,6 +43,8 @@ def test_local_files_are_explained_with_the_methods_asked(tmp_path):
     rise = [entry for entry in first["maps"] if entry["method"] == "rise"]
     assert all(0 < entry["masks_used"] <= 300 for entry in rise), "the job's result, as the service gives it"
     assert summary["methods"][2]["params"]["tolerance"] == 0.02
+    assert all(set(entry["quality"]) == {"sparseness", "deletion_auc"} for entry in first["maps"])
+    assert "deletion_auc" in done.stdout and "↓" in done.stdout, "each map's scores printed, with which way is better"
     with Image.open(out / written[0]) as image:
         assert image.size == (32, 32), "at the photo's size"
     with Image.open(tmp_path / "sheet.png") as sheet:  # 2 methods, 2 photos of 2 rows each
