@@ -6,6 +6,7 @@ xai worker-health    # exit 0 when this host's worker has loaded its models (com
 xai openapi [--check] [--out FILE]
 xai models check DIR # load model folders as the service would and run each method once (workers/model_check.py)
 xai explain PHOTO... # explain local files without a server (workers/explain_photo.py)
+xai evaluate         # score every method's maps on a set of images (workers/evaluate.py)
 """
 
 from __future__ import annotations
@@ -95,14 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     keys = commands.add_parser("keys", help="API keys")
     keys.add_argument("action", choices=["new", "hash"], help="new: make a key; hash: hash a key read from stdin")
     commands.add_parser("explain", help="explain local image files, no server (xai explain --help)", add_help=False)
+    commands.add_parser("evaluate", help="score methods' maps on images (xai evaluate --help)", add_help=False)
     models = commands.add_parser("models", help="model folders (xai models check --help)", add_help=False)
     models.add_argument("action", choices=["check"], nargs="?")
     spec = commands.add_parser("openapi", help="write openapi/openapi.json (or --out FILE)")
     spec.add_argument("--check", action="store_true", help="fail when the committed file differs")
     spec.add_argument("--out", type=Path, default=OPENAPI, help="where to write it (default: %(default)s)")
     args, rest = parser.parse_known_args(argv)
-    if args.command == "explain":
-        os.execvpe(sys.executable, [sys.executable, "-m", "workers.explain_photo", *rest], dict(os.environ))
+    if args.command in ("explain", "evaluate"):
+        module = {"explain": "workers.explain_photo", "evaluate": "workers.evaluate"}[args.command]
+        os.execvpe(sys.executable, [sys.executable, "-m", module, *rest], dict(os.environ))
     if args.command == "models":
         # Loads networks: the worker's code, run as its own program as the worker is.
         os.execvpe(sys.executable, [sys.executable, "-m", "workers.model_check", *rest], dict(os.environ))

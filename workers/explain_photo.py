@@ -30,7 +30,7 @@ from core.errors import ServiceError
 from core.jobs import JobRecords
 from core.kv_memory import MemoryKeyValue
 from core.maps import draw_map
-from core.methods import METHODS, MethodCallBase, call
+from core.methods import METHODS
 from core.quality import DEFAULT_QUALITY, SCORES
 from core.settings import get_settings
 from core.telemetry import Telemetry
@@ -38,16 +38,9 @@ from core.validation import build_spec
 from models.manifest import Manifest
 from models.preprocessing import preprocess
 from models.registry import ModelRegistry
+from workers.commands import clear_bar, draw_bar, load_model, method_calls
 from workers.job_runner import JobRunner
-from workers.model_host import ModelHost
 
-# Cheaper settings than the service's defaults where a method has a cost knob: a photo in seconds.
-QUICK = {
-    "integrated_gradients": {"steps": 16},
-    "smoothgrad": {"samples": 16},
-    "rise": {"num_masks": 1000},
-    "rise_plus": {"num_masks": 1000},
-}
 ARROWS = {"higher": "↑", "lower": "↓"}  # which way each score is better
 DAY_S = 86_400  # a local run is not stopped by the service's job time limit
 
@@ -61,27 +54,6 @@ def sample_photo() -> Image.Image:
 def to_input(photo: Image.Image, manifest: Manifest) -> torch.Tensor:
     """(1, 3, H, W) as the manifest's preprocessing says."""
     return torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
-
-
-def parse_method(given: str, quick: bool = False) -> MethodCallBase:
-    """``NAME`` or ``NAME:key=value,key=value`` (each value as JSON, else a string) -> a validated call."""
-    name, _, text = given.partition(":")
-    if name not in METHODS:
-        raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    params: dict[str, object] = dict(QUICK.get(name, {})) if quick else {}
-    for item in filter(None, text.split(",")):
-        key, equals, raw = item.partition("=")
-        if not equals or not key:
-            raise SystemExit(f"--method {given!r}: write NAME:key=value,key=value, e.g. rise:num_masks=2000")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    try:
-        return call(name, **params)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in error.errors())
-        raise SystemExit(f"--method {given!r}: {problems}") from None
 
 
 def read_photo(path: Path) -> bytes:
@@ -114,15 +86,12 @@ class ProgressBar:
         self._done.set()
         if self._thread.is_alive():
             self._thread.join()
-            sys.stdout.write("\r" + " " * 72 + "\r")
+            clear_bar()
 
     def _draw(self) -> None:
         while not self._done.wait(0.1):
             view = self.records.view(self.job_id)
-            fraction = 0.0 if view is None else view.progress
-            filled = int(fraction * 30)
-            sys.stdout.write(f"\r{self.label:28s} [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%")
-            sys.stdout.flush()
+            draw_bar(self.label, 0.0 if view is None else view.progress)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,17 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    host = load_model(args.model, args.model_dirs)
+    registry, capabilities = host.registry, host.capabilities(args.model)
+    calls = method_calls(host, args.model, args.method, args.quick)
     settings = get_settings()
-    registry = ModelRegistry(args.model_dirs.split(",") if args.model_dirs else settings.model_dirs)
-    if args.model not in registry.names():
-        raise SystemExit(f"unknown model {args.model!r}; known: {', '.join(registry.names())}")
-    host = ModelHost(registry, settings.device, served=[args.model])
-    host.load_all()
-    if args.model in host.failed:
-        raise SystemExit(f"model {args.model!r} did not load: {host.failed[args.model]}")
-    capabilities = host.capabilities(args.model)
-    given = args.method or [name for name in METHODS if name not in capabilities.unavailable]
-    calls = [parse_method(text, args.quick) for text in given]
     photos = [(path, read_photo(path)) for path in args.photos] or [(Path("cat"), sample_bytes())]
     largest = max(len(data) for _, data in photos)
     settings = settings.model_copy(

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.routes.explain import read_body
-from app.routes.responses import ERRORS, PREDICT_EXAMPLE, request_body
+from app.routes.responses import PREDICT_ERRORS, PREDICT_EXAMPLE, request_body
 from core.contract import JobSpec, Predictions, PredictJSON, PredictOptions, RenderOptions
 from core.errors import ErrorCode, ServiceError
 from core.validation import decode_all, manifest_of
@@ -22,7 +22,7 @@ router = APIRouter(tags=["predict"])
     "/predict",
     response_model=Predictions,
     operation_id="predict",
-    responses=ERRORS,
+    responses=PREDICT_ERRORS,
     openapi_extra=request_body("PredictJSON", "PredictOptions", PREDICT_EXAMPLE),
 )
 async def predict(

@@ -31,6 +31,10 @@ ERRORS: dict[int | str, dict] = {
 }
 
 
+# A synchronous prediction also times out when the workers are busy past the wait cap.
+PREDICT_ERRORS = ERRORS | {
+    504: {"model": ErrorBody, "description": "No prediction within XAI_WAIT_CAP_S: the workers are busy (retry)"}
+}
 # What a route that takes no body, and changes nothing, can answer.
 READ_ERRORS = {status: ERRORS[status] for status in (401, 404, 422, 429, 503)}
 # A cancellation: a browser page of another origin is refused too.

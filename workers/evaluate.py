@@ -1,0 +1,367 @@
+"""Offline: how far each method's maps can be trusted on a set of images (``xai evaluate``).
+
+    xai evaluate --model lenet5-shapes [--method gradient --method rise:num_masks=1000 ...]
+                 [--shapes 1000 | --images DIR] [--steps 16] [--randomise 3] [--out out/evaluate]
+
+Per method, over the images: deletion and insertion AUC (the service's defaults: removed pixels take the
+image's mean colour, insertion starts from its blur), sparseness and complexity, class sensitivity (the
+correlation of the maps of the explained class and of the least probable one), the randomisation check
+(the rank correlation with the maps of the network whose top ``--randomise`` parameterised modules were
+drawn again), and, where the objects' masks are known (``--shapes``), the pointing game and IoSR. Baselines
+for scale: a random map and, with masks, the mask itself. Writes ``table.md``, ``table.json`` and a plot per
+score (``<score>.png``). :func:`evaluate` is the library function under the command.
+
+The explained class is the true label where known (the shapes), else the predicted class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from core.methods import METHODS, MethodCallBase, call
+from core.quality import SCORES, QualityOptions
+from models.preprocessing import preprocess, to_rgb
+from models.shapes import generate
+from models.train_shapes import TEST_SEED
+from workers.commands import clear_bar, draw_bar, load_model, method_calls
+from workers.methods import Context, build_explainer, explain, probabilities
+from workers.model_host import ModelHost
+from workers.xai import Explainer
+from workers.xai.quality import (
+    blurred,
+    complexity,
+    correlation,
+    faithfulness,
+    iosr,
+    mean_colour,
+    pointing_hits,
+    randomised_copy,
+    rank_correlation,
+    sparseness,
+)
+
+SANITY_THRESHOLD = 0.5  # a method passes the randomisation check when its mean rank correlation is below this
+TOLERANCE = 1  # pointing game: pixels the mask is grown by (TorchRay: 15 px at 224; 1 px at 32)
+CHUNK = {False: 100, True: 50}  # images per explainer call: gradient methods, perturbation methods
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class Images:
+    """What is evaluated: network inputs, their names, the classes to explain (None: the predicted ones)
+    and the objects' masks where known."""
+
+    inputs: Tensor
+    names: list[str]
+    labels: Tensor | None = None
+    masks: Tensor | None = None
+
+
+def shapes_images(count: int, seed: int = TEST_SEED) -> Images:
+    """Held-out shapes (seed 3 by default: never trained on), with their labels and masks."""
+    data = generate(count, seed)
+    return Images(
+        torch.from_numpy(data.normalised()),
+        [f"shape{i}" for i in range(count)],
+        torch.from_numpy(data.labels),
+        torch.from_numpy(data.masks),
+    )
+
+
+def folder_images(directory: Path, host: ModelHost, model: str) -> Images:
+    """Every image file of ``directory``, preprocessed for ``model``."""
+    manifest = host.manifest(model)
+    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+    if not paths:
+        raise SystemExit(f"{directory}: no image files (png, jpg, jpeg, webp, bmp)")
+    inputs = [preprocess(to_rgb(Image.open(path)), manifest.preprocessing) for path in paths]
+    return Images(torch.from_numpy(np.stack(inputs)), [path.stem for path in paths])
+
+
+def sample_photos(host: ModelHost, model: str) -> Images:
+    """scikit-image's sample photos of things ImageNet has classes for: a cat, a cup of coffee, a rocket, an
+    astronaut."""
+    from skimage import data
+
+    manifest = host.manifest(model)
+    names = ["chelsea", "coffee", "rocket", "astronaut"]
+    photos = [Image.fromarray(getattr(data, name)()) for name in names]
+    return Images(torch.from_numpy(np.stack([preprocess(p, manifest.preprocessing) for p in photos])), names)
+
+
+MapsOf = Callable[[Context, Tensor, Tensor], Tensor]  # (context, inputs (N, C, H, W), targets (N, L)) -> maps
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is evaluated: a name and how it makes (N, L, H, W) maps from a model's context."""
+
+    name: str
+    maps: MapsOf
+    chunk: int = 100  # images per call
+    needs_ood_head: bool = False
+
+    @classmethod
+    def of(cls, the_call: MethodCallBase) -> Subject:
+        """A method call as the service runs it."""
+        method = METHODS[the_call.name]
+        built: dict[int, tuple[Context, Explainer]] = {}  # one explainer per context (network), for every chunk
+
+        def maps(context: Context, inputs: Tensor, targets: Tensor) -> Tensor:
+            if id(context) not in built:
+                built[id(context)] = (context, build_explainer(the_call, context))
+            return explain(the_call, built[id(context)][1], inputs, targets, lambda f: None)
+
+        return cls(_label(the_call), maps, CHUNK[method.perturbation], method.needs_ood_head)
+
+
+@dataclass
+class Row:
+    """One method's (or baseline's) scores, averaged over the images; None where a score does not apply."""
+
+    name: str
+    scores: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def evaluate(
+    host: ModelHost,
+    model: str,
+    subjects: list[Subject | MethodCallBase],
+    images: Images,
+    *,
+    options: QualityOptions | None = None,
+    randomise: int = 3,
+    progress: Progress | None = None,
+) -> list[Row]:
+    """The rows of the table: the baselines first, then one per subject (a method call, or a :class:`Subject`)."""
+    options = options or QualityOptions()
+    report = progress or (lambda stage, fraction: None)
+    context = host.context(model, seed=0)
+    scores = torch.nn.Sequential(context.network, probabilities(context.probabilities))
+    with torch.inference_mode():
+        chances = torch.cat([scores(chunk) for chunk in images.inputs.split(256)])
+    targets = images.labels if images.labels is not None else chances.argmax(1)
+    bottom = chances.argmin(1)
+    references = {
+        "deletion_reference": _reference(images.inputs, options.deletion_reference, options.blur),
+        "insertion_reference": _reference(images.inputs, options.insertion_reference, options.blur),
+    }
+
+    def faithful(maps: Tensor) -> dict[str, float]:
+        found = faithfulness(scores, images.inputs, maps[:, None], targets[:, None], steps=options.steps, **references)
+        return {"deletion_auc": _mean(found.deletion_auc), "insertion_auc": _mean(found.insertion_auc)}
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    baselines = {"(a random map)": torch.rand(images.inputs[:, 0].shape, generator=generator)}
+    if images.masks is not None:
+        baselines["(the object's mask)"] = images.masks.float()
+    for name, maps in baselines.items():
+        row = Row(name, {**faithful(maps), **_map_scores(maps, images.masks)})
+        rows.append(row)
+    randomised = Context(
+        randomised_copy(context.network, randomise),
+        context.default_layer,
+        seed=0,
+        probabilities=context.probabilities,
+    )
+    for subject in subjects:
+        subject = subject if isinstance(subject, Subject) else Subject.of(subject)
+        started = time.perf_counter()
+        report(subject.name, 0.0)
+        both = _maps(subject, context, images.inputs, torch.stack([targets, bottom], 1), report)
+        maps = both[:, 0]
+        row = Row(subject.name, {**faithful(maps), **_map_scores(maps, images.masks)})
+        row.scores["class_sensitivity"] = _mean(correlation(maps, both[:, 1]))
+        if subject.needs_ood_head:
+            row.scores["randomisation"] = None  # its OoD head reads the trained network's features
+        else:
+            again = _maps(subject, randomised, images.inputs, targets[:, None], report)[:, 0]
+            row.scores["randomisation"] = _mean(rank_correlation(maps, again))
+        row.seconds = time.perf_counter() - started
+        report(subject.name, 1.0)
+        rows.append(row)
+    return rows
+
+
+def _reference(inputs: Tensor, kind: str, blur: float) -> Tensor:
+    return {"blur": lambda: blurred(inputs, blur), "mean": lambda: mean_colour(inputs)}.get(
+        kind, lambda: torch.zeros_like(inputs)
+    )()
+
+
+def _maps(subject: Subject, context: Context, inputs: Tensor, targets: Tensor, report: Progress) -> Tensor:
+    """(N, L, H, W) maps of the (N, L) targets, in chunks."""
+    found = []
+    for start in range(0, len(inputs), subject.chunk):
+        rows = slice(start, start + subject.chunk)
+        found.append(subject.maps(context, inputs[rows], targets[rows]).detach().float())
+        report(subject.name, min(1.0, (start + subject.chunk) / len(inputs)))
+    return torch.cat(found)
+
+
+def _map_scores(maps: Tensor, masks: Tensor | None) -> dict[str, float | None]:
+    found: dict[str, float | None] = {"sparseness": _mean(sparseness(maps)), "complexity": _mean(complexity(maps))}
+    found["pointing_game"] = None if masks is None else _mean(pointing_hits(maps, masks, TOLERANCE).float())
+    found["iosr"] = None if masks is None else _mean(iosr(maps, masks))
+    return found
+
+
+def _mean(values: Tensor | None) -> float | None:
+    return None if values is None else round(float(values.float().mean()), 4)
+
+
+def _label(the_call: MethodCallBase) -> str:
+    """The method, with the parameters that differ from its defaults."""
+    defaults = call(the_call.name).params.model_dump()
+    changed = {k: v for k, v in the_call.params.model_dump().items() if defaults.get(k) != v}
+    return the_call.name + ("" if not changed else " (" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")")
+
+
+COLUMNS = [
+    "deletion_auc",
+    "insertion_auc",
+    "sparseness",
+    "complexity",
+    "pointing_game",
+    "iosr",
+    "class_sensitivity",
+    "randomisation",
+]
+
+
+def markdown(rows: list[Row]) -> str:
+    """The table: a row per method, a column per score with which way is better."""
+    arrows = {"higher": "↑", "lower": "↓"}
+    shown = [c for c in COLUMNS if any(row.scores.get(c) is not None for row in rows)]
+    head = "| method | " + " | ".join(f"{c} {arrows[SCORES[c].better]}" for c in shown) + " | randomisation check | s |"
+    lines = [head, "| --- |" + " ---: |" * (len(shown) + 2)]
+    for row in rows:
+        cells = ["–" if row.scores.get(c) is None else f"{row.scores[c]:.3f}" for c in shown]
+        check = row.scores.get("randomisation")
+        verdict = "–" if check is None else ("passes" if check < SANITY_THRESHOLD else "**fails**")
+        seconds = f"{row.seconds:.1f}" if row.seconds else "–"
+        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {verdict} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def rankings(rows: list[Row]) -> str:
+    """The methods ranked by deletion AUC and by pointing game side by side, with the rank correlation of the
+    two orders (empty without masks)."""
+    methods = [row for row in rows if not row.name.startswith("(")]
+    if not methods or any(row.scores.get("pointing_game") is None for row in methods):
+        return ""
+    by_deletion = sorted(methods, key=lambda row: row.scores["deletion_auc"])
+    by_pointing = sorted(methods, key=lambda row: -row.scores["pointing_game"])
+    lines = ["| rank | by deletion AUC ↓ | by pointing game ↑ |", "| ---: | --- | --- |"]
+    for rank, (first, second) in enumerate(zip(by_deletion, by_pointing, strict=True), start=1):
+        lines.append(
+            f"| {rank} | {first.name} ({first.scores['deletion_auc']:.3f}) "
+            f"| {second.name} ({second.scores['pointing_game']:.3f}) |"
+        )
+    places = {row.name: place for place, row in enumerate(by_pointing)}
+    first_order = torch.arange(len(methods), dtype=torch.float64)
+    second_order = torch.tensor([places[row.name] for row in by_deletion], dtype=torch.float64)
+    agreement = float(torch.corrcoef(torch.stack([first_order, second_order]))[0, 1]) if len(methods) > 1 else 1.0
+    return "\n".join(lines) + f"\n\nSpearman correlation of the two rankings: {agreement:.2f}\n"
+
+
+def plots(rows: list[Row], out: Path, title: str) -> list[Path]:
+    """A horizontal bar chart per score (PNG): a bar per method, the better end marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    written = []
+    for column in COLUMNS:
+        kept = [row for row in rows if row.scores.get(column) is not None]
+        if not kept:
+            continue
+        score = SCORES[column]
+        figure, axes = pyplot.subplots(figsize=(7, 0.35 * len(kept) + 1.3), dpi=100)
+        values = [row.scores[column] for row in kept]
+        colours = ["#999999" if row.name.startswith("(") else "#3a6fd8" for row in kept]
+        axes.barh([row.name for row in kept], values, color=colours)
+        axes.invert_yaxis()
+        axes.set_xlim(min(0.0, score.range[0], *values), max(score.range[1], *values))
+        axes.set_title(f"{score.title} ({score.better} is better) — {title}", fontsize=10)
+        for position, value in enumerate(values):
+            axes.text(value, position, f" {value:.3f}", va="center", fontsize=8)
+        axes.tick_params(labelsize=8)
+        figure.tight_layout()
+        path = out / f"{column}.png"
+        figure.savefig(path)
+        pyplot.close(figure)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="xai evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lenet5-shapes")
+    parser.add_argument("--model-dirs", help="comma-separated model folders (default: the bundled models)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME[:key=value,...]",
+        help="a method and its parameters, e.g. rise:num_masks=1000; repeat for more (default: every method the "
+        "model can run)",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--shapes", type=int, help="this many held-out shapes images, with their masks")
+    source.add_argument("--images", type=Path, help="a folder of image files (default: the sample photos)")
+    parser.add_argument("--steps", type=int, default=QualityOptions().steps, help="deletion and insertion steps")
+    parser.add_argument("--randomise", type=int, default=3, help="top parameterised modules drawn again")
+    parser.add_argument("--out", type=Path, default=Path("out/evaluate"))
+    args = parser.parse_args(argv)
+
+    host = load_model(args.model, args.model_dirs)
+    calls = method_calls(host, args.model, args.method)
+    if args.shapes:
+        images, what = shapes_images(args.shapes), f"{args.shapes} held-out shapes"
+    elif args.images:
+        images, what = folder_images(args.images, host, args.model), f"the {args.images} images"
+    else:
+        images, what = sample_photos(host, args.model), "scikit-image's sample photos"
+    options = QualityOptions(steps=args.steps)
+    started = time.perf_counter()
+    rows = evaluate(host, args.model, calls, images, options=options, randomise=args.randomise, progress=draw_bar)
+    elapsed = time.perf_counter() - started
+    clear_bar()
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = f"{args.model}, {what}"
+    ranked = rankings(rows)
+    table = f"# {title}\n\n{markdown(rows)}\n{len(images.names)} images, {options.steps} steps, {elapsed:.0f} s\n"
+    table += f"\n## The methods ranked two ways\n\n{ranked}" if ranked else ""
+    (args.out / "table.md").write_text(table)
+    document = {
+        "model": args.model,
+        "images": what,
+        "steps": options.steps,
+        "randomised_modules": args.randomise,
+        "sanity_threshold": SANITY_THRESHOLD,
+        "seconds": round(elapsed, 1),
+        "rows": [{"name": row.name, "scores": row.scores, "seconds": round(row.seconds, 2)} for row in rows],
+        "better": {name: SCORES[name].better for name in COLUMNS},
+    }
+    (args.out / "table.json").write_text(json.dumps(document, indent=2))
+    written = plots(rows, args.out, title)
+    print(table)
+    print(f"table.md, table.json and {len(written)} plots written to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
