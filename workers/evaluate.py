@@ -36,14 +36,13 @@ from models.train_shapes import TEST_SEED
 from workers.commands import clear_bar, draw_bar, load_model, method_calls
 from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
+from workers.quality import reference_images
 from workers.xai import Explainer
 from workers.xai.quality import (
-    blurred,
     complexity,
     correlation,
     faithfulness,
     iosr,
-    mean_colour,
     pointing_hits,
     randomised_copy,
     rank_correlation,
@@ -142,34 +141,48 @@ def evaluate(
     *,
     options: QualityOptions | None = None,
     randomise: int = 3,
+    scores: set[str] | None = None,
     progress: Progress | None = None,
 ) -> list[Row]:
-    """The rows of the table: the baselines first, then one per subject (a method call, or a :class:`Subject`)."""
+    """The rows of the table: the baselines first, then one per subject (a method call, or a :class:`Subject`).
+    ``scores``: the columns to compute (default: every one of :data:`COLUMNS`); the costly ones, faithfulness
+    (deletion, insertion), class sensitivity and randomisation, are skipped when not asked for."""
+    wanted = set(COLUMNS if scores is None else scores)
+    unknown = wanted - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown scores {sorted(unknown)}; known: {', '.join(COLUMNS)}")
     options = options or QualityOptions()
     report = progress or (lambda stage, fraction: None)
     context = host.context(model, seed=0)
-    scores = torch.nn.Sequential(context.network, probabilities(context.probabilities))
+    chance_of = torch.nn.Sequential(context.network, probabilities(context.probabilities))
     with torch.inference_mode():
-        chances = torch.cat([scores(chunk) for chunk in images.inputs.split(256)])
+        chances = torch.cat([chance_of(chunk) for chunk in images.inputs.split(256)])
     targets = images.labels if images.labels is not None else chances.argmax(1)
     bottom = chances.argmin(1)
     references = {
-        "deletion_reference": _reference(images.inputs, options.deletion_reference, options.blur),
-        "insertion_reference": _reference(images.inputs, options.insertion_reference, options.blur),
+        "deletion_reference": reference_images(images.inputs, options.deletion_reference, options.blur)
+        if "deletion_auc" in wanted
+        else None,
+        "insertion_reference": reference_images(images.inputs, options.insertion_reference, options.blur)
+        if "insertion_auc" in wanted
+        else None,
     }
 
-    def faithful(maps: Tensor) -> dict[str, float]:
-        found = faithfulness(scores, images.inputs, maps[:, None], targets[:, None], steps=options.steps, **references)
-        return {"deletion_auc": _mean(found.deletion_auc), "insertion_auc": _mean(found.insertion_auc)}
+    def measured(maps: Tensor) -> dict[str, float | None]:
+        """The scores of (N, H, W) maps of the targets that need no other map."""
+        found = _map_scores(maps, images.masks)
+        if {"deletion_auc", "insertion_auc"} & wanted:
+            curves = faithfulness(
+                chance_of, images.inputs, maps[:, None], targets[:, None], steps=options.steps, **references
+            )
+            found |= {"deletion_auc": _mean(curves.deletion_auc), "insertion_auc": _mean(curves.insertion_auc)}
+        return {name: value for name, value in found.items() if name in wanted}
 
-    rows = []
     generator = torch.Generator().manual_seed(0)
     baselines = {"(a random map)": torch.rand(images.inputs[:, 0].shape, generator=generator)}
     if images.masks is not None:
         baselines["(the object's mask)"] = images.masks.float()
-    for name, maps in baselines.items():
-        row = Row(name, {**faithful(maps), **_map_scores(maps, images.masks)})
-        rows.append(row)
+    rows = [Row(name, measured(maps)) for name, maps in baselines.items()]
     randomised = Context(
         randomised_copy(context.network, randomise),
         context.default_layer,
@@ -180,25 +193,21 @@ def evaluate(
         subject = subject if isinstance(subject, Subject) else Subject.of(subject)
         started = time.perf_counter()
         report(subject.name, 0.0)
-        both = _maps(subject, context, images.inputs, torch.stack([targets, bottom], 1), report)
+        sensitivity = "class_sensitivity" in wanted
+        both = _maps(subject, context, images.inputs, torch.stack([targets, bottom], 1)[:, : 1 + sensitivity], report)
         maps = both[:, 0]
-        row = Row(subject.name, {**faithful(maps), **_map_scores(maps, images.masks)})
-        row.scores["class_sensitivity"] = _mean(correlation(maps, both[:, 1]))
-        if subject.needs_ood_head:
+        row = Row(subject.name, measured(maps))
+        if sensitivity:
+            row.scores["class_sensitivity"] = _mean(correlation(maps, both[:, 1]))
+        if "randomisation" in wanted and subject.needs_ood_head:
             row.scores["randomisation"] = None  # its OoD head reads the trained network's features
-        else:
+        elif "randomisation" in wanted:
             again = _maps(subject, randomised, images.inputs, targets[:, None], report)[:, 0]
             row.scores["randomisation"] = _mean(rank_correlation(maps, again))
         row.seconds = time.perf_counter() - started
         report(subject.name, 1.0)
         rows.append(row)
     return rows
-
-
-def _reference(inputs: Tensor, kind: str, blur: float) -> Tensor:
-    return {"blur": lambda: blurred(inputs, blur), "mean": lambda: mean_colour(inputs)}.get(
-        kind, lambda: torch.zeros_like(inputs)
-    )()
 
 
 def _maps(subject: Subject, context: Context, inputs: Tensor, targets: Tensor, report: Progress) -> Tensor:
@@ -325,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--images", type=Path, help="a folder of image files (default: the sample photos)")
     parser.add_argument("--steps", type=int, default=QualityOptions().steps, help="deletion and insertion steps")
     parser.add_argument("--randomise", type=int, default=3, help="top parameterised modules drawn again")
+    parser.add_argument("--scores", help=f"comma-separated scores to compute (default: all of {', '.join(COLUMNS)})")
     parser.add_argument("--out", type=Path, default=Path("out/evaluate"))
     args = parser.parse_args(argv)
 
@@ -338,7 +348,12 @@ def main(argv: list[str] | None = None) -> None:
         images, what = sample_photos(host, args.model), "scikit-image's sample photos"
     options = QualityOptions(steps=args.steps)
     started = time.perf_counter()
-    rows = evaluate(host, args.model, calls, images, options=options, randomise=args.randomise, progress=draw_bar)
+    chosen = set(args.scores.split(",")) if args.scores else None
+    if chosen is not None and chosen - set(COLUMNS):
+        raise SystemExit(f"unknown scores {sorted(chosen - set(COLUMNS))}; known: {', '.join(COLUMNS)}")
+    rows = evaluate(
+        host, args.model, calls, images, options=options, randomise=args.randomise, scores=chosen, progress=draw_bar
+    )
     elapsed = time.perf_counter() - started
     clear_bar()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -83,14 +83,20 @@ def score_maps(
     return found
 
 
+def reference_images(inputs: Tensor, kind: str, blur: float) -> Tensor:
+    """The reference of each image (``QualityOptions``' kinds): its blur, its mean colour, or 0."""
+    if kind == "blur":
+        return blurred(inputs, blur)
+    return mean_colour(inputs) if kind == "mean" else constant(inputs)
+
+
 def _references(inputs: Tensor, options: QualityOptions, wanted: list[str]) -> dict[str, Tensor | None]:
     """The reference images each asked-for score needs, each made once."""
     made: dict[str, Tensor] = {}
 
     def reference(kind: str) -> Tensor:
         if kind not in made:
-            build = {"blur": lambda: blurred(inputs, options.blur), "mean": lambda: mean_colour(inputs)}
-            made[kind] = build.get(kind, lambda: constant(inputs))()
+            made[kind] = reference_images(inputs, kind, options.blur)
         return made[kind]
 
     deletion = reference(options.deletion_reference)
