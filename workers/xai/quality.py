@@ -151,6 +151,8 @@ def faithfulness(
     for start in range(0, count, group):
         end = min(count, start + group)
         batch, layout = _perturbed(inputs[start:end], maps[start:end], cutoffs, kinds, confidence_reference, start)
+        if inputs.is_contiguous(memory_format=torch.channels_last):  # as the network was given its inputs
+            batch = batch.contiguous(memory_format=torch.channels_last)
         report = None if progress is None else _part(progress, start / count, (end - start) / count)
         probabilities = _run(scores, batch, batch_size, report)
         found.passes += len(batch)
