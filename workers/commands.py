@@ -43,7 +43,7 @@ def parse_method(given: str, quick: bool = False) -> MethodCallBase:
     if name not in METHODS:
         raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
     params: dict[str, object] = dict(QUICK.get(name, {})) if quick else {}
-    for item in filter(None, text.split(",")):
+    for item in filter(None, _top_level_split(text)):
         key, equals, raw = item.partition("=")
         if not equals or not key:
             raise SystemExit(f"--method {given!r}: write NAME:key=value,key=value, e.g. rise:num_masks=2000")
@@ -56,6 +56,25 @@ def parse_method(given: str, quick: bool = False) -> MethodCallBase:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in error.errors())
         raise SystemExit(f"--method {given!r}: {problems}") from None
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``a=1,b=[3,3],c="x,y"`` -> ``["a=1", "b=[3,3]", 'c="x,y"']``: commas inside brackets or quotes stay."""
+    parts, depth, quoted, current = [], 0, False, []
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "[{":
+            depth += 1
+        elif not quoted and char in "]}":
+            depth -= 1
+        if char == "," and depth == 0 and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def method_calls(host: ModelHost, model: str, given: list[str], quick: bool = False) -> list[MethodCallBase]:
