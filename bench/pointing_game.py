@@ -6,7 +6,8 @@ A use of ``xai evaluate``'s function (``workers/evaluate.py``) with one score: T
 when the map's maximum lies on the object's mask grown by a tolerance (15 px at 224x224 in TorchRay; 1 px
 here at 32x32). Targets are the true labels, over held-out images (seed 3, never trained on). Every method
 that runs on a model is scored (as the service builds it, default parameters but for the costs below); one
-table, a column per model. Baselines for scale: a uniform random map (chance) and the mask itself.
+table, a column per model. Baselines for scale: the image centre, a uniform random map (chance) and the
+mask itself.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def main() -> None:
     print(f"\n# pointing game — {args.count} held-out shapes (seed 3), tolerance {TOLERANCE} px\n")
     print("| method | " + " | ".join(f"{m} (accuracy {results[m][0]:.3f})" for m in args.models) + " |")
     print("| --- |" + " ---: |" * len(args.models))
-    rows = ["(a random map)", "(the object's mask)", *METHODS]
+    rows = ["(the image centre)", "(a random map)", "(the object's mask)", *METHODS]
     for name in rows:
         label = " / ".join(dict.fromkeys(results[m][2][name] for m in args.models if name in results[m][2])) or name
         print(f"| {label} | " + " | ".join(results[m][1].get(name, "–") for m in args.models) + " |")

@@ -179,7 +179,10 @@ def evaluate(
         return {name: value for name, value in found.items() if name in wanted}
 
     generator = torch.Generator().manual_seed(0)
-    baselines = {"(a random map)": torch.rand(images.inputs[:, 0].shape, generator=generator)}
+    baselines = {
+        "(the image centre)": _centre(images.inputs[:, 0].shape),
+        "(a random map)": torch.rand(images.inputs[:, 0].shape, generator=generator),
+    }
     if images.masks is not None:
         baselines["(the object's mask)"] = images.masks.float()
     rows = [Row(name, measured(maps)) for name, maps in baselines.items()]
@@ -208,6 +211,17 @@ def evaluate(
         report(subject.name, 1.0)
         rows.append(row)
     return rows
+
+
+def _centre(shape: torch.Size) -> Tensor:
+    """(N, H, W) maps of a Gaussian bump at the image's centre (a quarter of its side): what a method that
+    always looks at the middle would give."""
+    height, width = shape[-2:]
+    rows = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
+    columns = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+    sigma = max(height, width) / 4
+    bump = torch.exp(-(rows[:, None] ** 2 + columns[None, :] ** 2) / (2 * sigma**2))
+    return bump.expand(shape).clone()
 
 
 def _maps(subject: Subject, context: Context, inputs: Tensor, targets: Tensor, report: Progress) -> Tensor:
@@ -299,13 +313,13 @@ def plots(rows: list[Row], out: Path, title: str) -> list[Path]:
         if not kept:
             continue
         score = SCORES[column]
-        figure, axes = pyplot.subplots(figsize=(7, 0.35 * len(kept) + 1.3), dpi=100)
+        figure, axes = pyplot.subplots(figsize=(7, 0.35 * len(kept) + 1.5), dpi=100)
         values = [row.scores[column] for row in kept]
         colours = ["#999999" if row.name.startswith("(") else "#3a6fd8" for row in kept]
         axes.barh([row.name for row in kept], values, color=colours)
         axes.invert_yaxis()
         axes.set_xlim(min(0.0, score.range[0], *values), max(score.range[1], *values))
-        axes.set_title(f"{score.title} ({score.better} is better) — {title}", fontsize=10)
+        axes.set_title(f"{score.title} ({score.better} is better)\n{title}", fontsize=10)
         for position, value in enumerate(values):
             axes.text(value, position, f" {value:.3f}", va="center", fontsize=8)
         axes.tick_params(labelsize=8)

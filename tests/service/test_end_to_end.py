@@ -44,7 +44,7 @@ def test_every_method_explains_two_images_through_a_multipart_upload(client):
     view = poll(client, job["job_id"])
     assert view["state"] == "succeeded", view["error"]
     assert view["progress"] == 1.0
-    assert set(view["timings_ms"]) == {"predict", *names}
+    assert set(view["timings_ms"]) == {"predict", "quality", *names}  # quality: the free scores, by default
     result = view["result"]
     assert len(result["images"]) == 2
     for image in result["images"]:
@@ -125,6 +125,31 @@ def test_maps_over_http_equal_the_library_on_the_same_input(client, registry):
     x = torch.from_numpy(preprocess(photo, manifest.preprocessing))[None]
     local = GradCAM(network, manifest.gradcam_layer)(x, 2)[0, 0].numpy()
     np.testing.assert_allclose(served, local, rtol=2e-3, atol=2e-3 * float(np.abs(local).max()))
+
+
+def test_each_map_carries_the_quality_scores_asked_for(client):
+    asked = ["sparseness", "deletion_auc", "insertion_auc", "confidence_change"]
+    request = {
+        "model": "lenet5-shapes",
+        "methods": [{"name": "gradient"}, {"name": "gradcam"}],
+        "targets": {"top_k": 2},
+        "images": [b64(encode(photo)) for photo in shape_photos(2)],
+        "quality": asked,
+        "quality_options": {"steps": 4, "insertion_reference": "mean"},
+    }
+    view = poll(client, client.post("/explain", json=request).json()["job_id"])
+    assert view["state"] == "succeeded", view["error"]
+    catalogue = {score["name"]: score for score in client.get("/quality").json()}
+    for image in view["result"]["images"]:
+        assert len(image["maps"]) == 4
+        for item in image["maps"]:
+            assert list(item["quality"]) == asked
+            for name, value in item["quality"].items():
+                low, high = catalogue[name]["range"]
+                assert low <= value <= high, (name, value)
+    assert view["timings_ms"]["quality"] > 0
+    assert catalogue["deletion_auc"]["better"] == "lower" and catalogue["insertion_auc"]["better"] == "higher"
+    assert not catalogue["pointing_game"]["per_map"], "an offline score: xai evaluate"
 
 
 def test_predict_answers_synchronously(client):

@@ -28,7 +28,7 @@ def test_the_randomisation_check_fails_a_method_that_ignores_the_network_and_pas
     host = load_model("lenet5-shapes", None)
     rows = evaluate(host, "lenet5-shapes", [call("gradcam"), Subject("edges", edges)], shapes_images(60))
     by_name = {row.name: row.scores for row in rows}
-    assert list(by_name) == ["(a random map)", "(the object's mask)", "gradcam", "edges"]
+    assert list(by_name) == ["(the image centre)", "(a random map)", "(the object's mask)", "gradcam", "edges"]
     assert by_name["edges"]["randomisation"] > 0.99, "its maps do not change at all"
     assert by_name["edges"]["randomisation"] >= SANITY_THRESHOLD
     assert by_name["gradcam"]["randomisation"] < SANITY_THRESHOLD
@@ -52,7 +52,7 @@ def test_the_command_writes_a_table_and_a_plot_per_score(tmp_path):
     assert "| rise (num_masks=200) |" in table and "deletion_auc ↓" in table and "pointing_game ↑" in table
     assert "ranked two ways" in table
     document = json.loads((out / "table.json").read_text())
-    assert [row["name"] for row in document["rows"]][2:] == ["gradient", "rise (num_masks=200)"]
+    assert [row["name"] for row in document["rows"]][3:] == ["gradient", "rise (num_masks=200)"]
     assert document["better"]["insertion_auc"] == "higher"
     for score in ("deletion_auc", "insertion_auc", "sparseness", "complexity", "pointing_game", "iosr",
                   "class_sensitivity", "randomisation"):  # fmt: skip
