@@ -34,5 +34,6 @@ bench: install
 	$(PY) -m bench.gradient_family
 	$(PY) -m bench.perturbation
 	$(PY) -m bench.pointing_game
+	$(PY) -m bench.quality
 	$(PY) -m bench.rise_convergence
 	$(PY) -m bench.service

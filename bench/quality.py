@@ -10,6 +10,8 @@ obvious implementation (one forward pass per step per map, as Quantus and MindSp
    curves one step at a time, one image per forward pass.
 2. Offline: deletion and insertion of 6 methods' maps on N held-out shapes (lenet5-shapes), ours against the
    obvious loop on the first 50 images (scaled to N), then the whole ``xai evaluate`` table of the 6 methods.
+3. The references: on the N shapes, how often a map equal to the object's mask scores better than a uniform
+   and a random map, for each kind of reference (the defaults are chosen from this table).
 """
 
 from __future__ import annotations
@@ -143,6 +145,33 @@ def offline(count: int) -> None:
           + ", ".join(f"{row.name} {row.seconds:.0f} s" for row in rows if row.seconds) + ")\n")  # fmt: skip
 
 
+def references(count: int) -> None:
+    model = "lenet5-shapes"
+    host = load_model(model, None)
+    context = host.context(model, seed=0)
+    scores = torch.nn.Sequential(context.network, probabilities(context.probabilities))
+    images = shapes_images(count)
+    masks = images.masks.float()
+    random = torch.rand(masks.shape, generator=torch.Generator().manual_seed(0))
+    maps = torch.stack([masks, torch.ones_like(masks), random], dim=1)
+    targets = images.labels[:, None].expand(-1, 3)
+    print(f"### The mask against a uniform and a random map, {count} shapes, 16 steps\n")
+    print("share of the images where the mask's score is the better one\n")
+    print("| reference | deletion: vs uniform | vs random | insertion: vs uniform | vs random |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for kind, blur in (("constant", 0.0), ("mean", 0.0), ("blur", 1 / 16), ("blur", 0.15)):
+        reference = reference_images(images.inputs, kind, blur)
+        found = faithfulness(
+            scores, images.inputs, maps, targets, deletion_reference=reference, insertion_reference=reference
+        )
+        d, i = found.deletion_auc, found.insertion_auc
+        shares = [float((d[:, 0] < d[:, k]).float().mean()) for k in (1, 2)]
+        shares += [float((i[:, 0] > i[:, k]).float().mean()) for k in (1, 2)]
+        name = f"{kind} ({blur:.3g} of the side)" if kind == "blur" else kind
+        print(f"| {name} | " + " | ".join(f"{share:.3f}" for share in shares) + " |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -152,6 +181,7 @@ def main() -> None:
     print(f"{machine()}; {allocator_setting()}\n")
     one_request(args.repeats)
     offline(args.shapes)
+    references(args.shapes)
 
 
 if __name__ == "__main__":

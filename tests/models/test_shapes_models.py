@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.pointing_game import hits
 from core.methods import call
 from models.registry import BUNDLED
 from models.shapes import UNSEEN, generate
 from models.train_shapes import TEST_SEED, accuracy
+from workers.evaluate import TOLERANCE
 from workers.methods import build_explainer, explain
 from workers.model_host import ModelHost
+from workers.xai.quality import pointing_hits
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 MODELS = ("lenet5-shapes", "vit-shapes")
@@ -74,7 +75,7 @@ def test_the_documented_pointing_game_is_reproduced(host, model, method):
             for i in range(0, 1000, 100)
         ]
     )
-    measured = float(hits(maps, torch.from_numpy(data.masks)).float().mean())
+    measured = float(pointing_hits(maps, torch.from_numpy(data.masks), TOLERANCE).float().mean())
     assert abs(measured - float(documented)) <= 0.003, (model, method, measured, documented)
 
 
