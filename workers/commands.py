@@ -3,6 +3,7 @@ method calls written ``NAME[:key=value,...]``, and a progress bar on a terminal.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -20,6 +21,20 @@ QUICK = {
     "rise": {"num_masks": 1000},
     "rise_plus": {"num_masks": 1000},
 }
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: str) -> None:
+    """``--model`` (default ``model``), ``--model-dirs`` and repeatable ``--method NAME[:key=value,...]``."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--model-dirs", help="comma-separated model folders (default: XAI_MODEL_DIRS)")
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME[:key=value,...]",
+        help="a method and its parameters, e.g. rise:num_masks=2000,keep_probability=0.4; repeat for more "
+        "(default: every method the model can run)",
+    )
 
 
 def load_model(model: str, model_dirs: str | None) -> ModelHost:

@@ -33,7 +33,7 @@ from core.quality import SCORES, QualityOptions
 from models.preprocessing import preprocess, to_rgb
 from models.shapes import generate
 from models.train_shapes import TEST_SEED
-from workers.commands import clear_bar, draw_bar, load_model, method_calls
+from workers.commands import add_model_arguments, clear_bar, draw_bar, load_model, method_calls
 from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
 from workers.quality import reference_images
@@ -333,16 +333,7 @@ def plots(rows: list[Row], out: Path, title: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xai evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="lenet5-shapes")
-    parser.add_argument("--model-dirs", help="comma-separated model folders (default: the bundled models)")
-    parser.add_argument(
-        "--method",
-        action="append",
-        default=[],
-        metavar="NAME[:key=value,...]",
-        help="a method and its parameters, e.g. rise:num_masks=1000; repeat for more (default: every method the "
-        "model can run)",
-    )
+    add_model_arguments(parser, "lenet5-shapes")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--shapes", type=int, help="this many held-out shapes images, with their masks")
     source.add_argument("--images", type=Path, help="a folder of image files (default: the sample photos)")

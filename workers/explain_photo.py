@@ -38,7 +38,7 @@ from core.validation import build_spec
 from models.manifest import Manifest
 from models.preprocessing import preprocess
 from models.registry import ModelRegistry
-from workers.commands import clear_bar, draw_bar, load_model, method_calls
+from workers.commands import add_model_arguments, clear_bar, draw_bar, load_model, method_calls
 from workers.job_runner import JobRunner
 
 ARROWS = {"higher": "↑", "lower": "↓"}  # which way each score is better
@@ -97,16 +97,7 @@ class ProgressBar:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xai explain", description=__doc__.splitlines()[0])
     parser.add_argument("photos", nargs="*", type=Path, help="image files (default: a sample photo of a cat)")
-    parser.add_argument("--model", default="efficientnet-lite0")
-    parser.add_argument("--model-dirs", help="comma-separated model folders (default: XAI_MODEL_DIRS)")
-    parser.add_argument(
-        "--method",
-        action="append",
-        default=[],
-        metavar="NAME[:key=value,...]",
-        help="a method and its parameters, e.g. rise:num_masks=2000,p=0.5; repeat for more "
-        "(default: every method the model can run)",
-    )
+    add_model_arguments(parser, "efficientnet-lite0")
     parser.add_argument("--quick", action="store_true", help="cheaper parameters for the costly methods")
     parser.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
     parser.add_argument("--target", help="comma-separated class ids to explain in every photo, instead of the top k")
