@@ -98,6 +98,8 @@ def main() -> None:
                 "methods": [{"name": "gradcam"}, {"name": "rise", "params": {"num_masks": 500}}],
                 "outputs": ["raw", "heatmap", "overlay"],
                 "seed": 1,
+                "quality": ["sparseness", "complexity", "deletion_auc", "insertion_auc"],
+                "quality_options": {"steps": 8},
             }
             queued = record(
                 "POST /explain",
@@ -121,7 +123,7 @@ def main() -> None:
                 "POST /explain?wait=",
                 "POST",
                 "/explain?wait=30",
-                {**explain, "methods": [{"name": "guided_backprop"}], "outputs": ["heatmap"]},
+                {**explain, "methods": [{"name": "guided_backprop"}], "outputs": ["heatmap"], "quality": []},
                 "Waits up to `wait` seconds (capped by `XAI_WAIT_CAP_S`) and answers 200 with the result.",
             )
             slow = http.post(
@@ -142,6 +144,7 @@ def main() -> None:
             record("GET /models", "GET", "/models")
             record("GET /models/{name}", "GET", "/models/lenet5-shapes")
             record("GET /methods", "GET", "/methods")
+            record("GET /quality", "GET", "/quality")
             record("GET /healthz", "GET", "/healthz")
             record("GET /readyz", "GET", "/readyz")
             record(

@@ -7,6 +7,7 @@ refused before it is opened by torch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.resources
@@ -166,7 +167,19 @@ def _warm_up(manifest: Manifest, network: nn.Module, device: str | torch.device)
             f"model {manifest.name!r}: outputs {tuple(outputs.shape)} do not match "
             f"the {manifest.num_classes} labels of its labels_file"
         )
+    _first_backward(network, blank)
     return network
+
+
+def _first_backward(network: nn.Module, blank: torch.Tensor) -> None:
+    """The first backward pass of a process given an output gradient (as every gradient method gives one)
+    imports torch's symbolic shapes, and sympy with them: ~0.3-0.4 s on a CPU, paid here at load rather than
+    by the first job. A network that cannot be differentiated is not refused here: its gradient methods say
+    so when asked."""
+    inputs = blank.clone().requires_grad_(True)
+    with contextlib.suppress(RuntimeError):
+        outputs = network(inputs)
+        torch.autograd.grad(outputs, inputs, grad_outputs=torch.ones_like(outputs))
 
 
 def pick_scores(outputs: object, where: str | int | None, model: str) -> torch.Tensor:
