@@ -131,7 +131,13 @@ class QualityOptions(BaseModel):
     """How the deletion, insertion and confidence-change scores run."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(16, ge=2, le=256, description="Points of each deletion and insertion curve, ends excluded.")
+    steps: int = Field(
+        16,
+        ge=2,
+        le=256,
+        description="Steps from the image to the reference in each deletion and insertion curve (steps + 1 points, "
+        "the ends shared by every map of an image): steps - 1 forward passes per map and curve.",
+    )
     deletion_reference: Literal["mean", "blur", "constant"] = Field(
         "mean",
         description="What removed pixels become (and what confidence_change blends towards): 'mean' the image's own "
@@ -144,6 +150,16 @@ class QualityOptions(BaseModel):
     blur: float = Field(
         0.15, gt=0, le=1, description="The blurred reference's Gaussian, in units of the image's longer side."
     )
+
+
+MAX_PASSES_PER_IMAGE = 20_000  # of the faithfulness scores: ~3 min of EfficientNet-Lite0 on 2 CPU cores
+
+
+def passes_per_image(scores: list[str], options: QualityOptions, maps: int) -> int:
+    """Forward passes the faithfulness scores of an image with ``maps`` maps (methods x targets) cost."""
+    curves = sum(name in scores for name in ("deletion_auc", "insertion_auc"))
+    found = curves * (1 + maps * (options.steps - 1)) + maps * ("confidence_change" in scores)
+    return found + 1 if found else 0
 
 
 def score_description() -> str:

@@ -16,6 +16,7 @@ from core.contract import ExplainOptions, JobSpec, TopK
 from core.errors import ErrorCode, ServiceError
 from core.images import ImageRejected, decode_image, decode_mask
 from core.methods import METHODS, MethodCallBase
+from core.quality import MAX_PASSES_PER_IMAGE, passes_per_image
 from core.settings import Settings
 from models.manifest import Manifest, ModelUnavailableError, UnknownModelError
 
@@ -148,6 +149,16 @@ def build_spec(
     check_methods(options.methods, manifest, capabilities)
     pixels, sizes = decode_all(files, settings, manifest)
     targets, top_k = resolve_targets(options.targets, manifest, len(files), settings)
+    targets_per_image = max((len(ids) for ids in targets), default=1) if targets else top_k
+    passes = passes_per_image(options.quality, options.quality_options, len(options.methods) * targets_per_image)
+    if passes > MAX_PASSES_PER_IMAGE:
+        raise ServiceError(
+            ErrorCode.invalid_parameter,
+            f"these quality scores need {passes} forward passes per image ({len(options.methods)} methods x "
+            f"{targets_per_image} targets, {options.quality_options.steps} steps); at most {MAX_PASSES_PER_IMAGE}: "
+            "fewer steps, methods or targets",
+            "quality_options.steps",
+        )
     if options.spatial is not None and not manifest.spatial_scores:
         raise ServiceError(
             ErrorCode.invalid_parameter,

@@ -151,8 +151,17 @@ def evaluate(
     unknown = wanted - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown scores {sorted(unknown)}; known: {', '.join(COLUMNS)}")
+    if randomise < 1:
+        raise ValueError(f"randomise must be >= 1, got {randomise}")
     options = options or QualityOptions()
     report = progress or (lambda stage, fraction: None)
+    device = torch.device(host.device)
+    images = Images(
+        images.inputs.to(device),
+        images.names,
+        None if images.labels is None else images.labels.to(device),
+        None if images.masks is None else images.masks.to(device),
+    )
     context = host.context(model, seed=0)
     chance_of = torch.nn.Sequential(context.network, probabilities(context.probabilities))
     with torch.inference_mode():
@@ -180,8 +189,8 @@ def evaluate(
 
     generator = torch.Generator().manual_seed(0)
     baselines = {
-        "(the image centre)": _centre(images.inputs[:, 0].shape),
-        "(a random map)": torch.rand(images.inputs[:, 0].shape, generator=generator),
+        "(the image centre)": _centre(images.inputs[:, 0].shape).to(device),
+        "(a random map)": torch.rand(images.inputs[:, 0].shape, generator=generator).to(device),
     }
     if images.masks is not None:
         baselines["(the object's mask)"] = images.masks.float()
@@ -197,7 +206,10 @@ def evaluate(
         started = time.perf_counter()
         report(subject.name, 0.0)
         sensitivity = "class_sensitivity" in wanted
-        both = _maps(subject, context, images.inputs, torch.stack([targets, bottom], 1)[:, : 1 + sensitivity], report)
+        randomising = "randomisation" in wanted and not subject.needs_ood_head
+        first_share = 0.5 if randomising else 1.0  # the randomised network's maps: the second half of the bar
+        pairs = torch.stack([targets, bottom], 1)[:, : 1 + sensitivity]
+        both = _maps(subject, context, images.inputs, pairs, _share(report, subject.name, 0.0, first_share))
         maps = both[:, 0]
         row = Row(subject.name, measured(maps))
         if sensitivity:
@@ -205,7 +217,8 @@ def evaluate(
         if "randomisation" in wanted and subject.needs_ood_head:
             row.scores["randomisation"] = None  # its OoD head reads the trained network's features
         elif "randomisation" in wanted:
-            again = _maps(subject, randomised, images.inputs, targets[:, None], report)[:, 0]
+            again = _maps(subject, randomised, images.inputs, targets[:, None], _share(report, subject.name, 0.5, 0.5))
+            again = again[:, 0]
             row.scores["randomisation"] = _mean(rank_correlation(maps, again))
         row.seconds = time.perf_counter() - started
         report(subject.name, 1.0)
@@ -224,13 +237,19 @@ def _centre(shape: torch.Size) -> Tensor:
     return bump.expand(shape).clone()
 
 
-def _maps(subject: Subject, context: Context, inputs: Tensor, targets: Tensor, report: Progress) -> Tensor:
+def _share(report: Progress, stage: str, first: float, share: float) -> Callable[[float], None]:
+    return lambda done: report(stage, first + done * share)
+
+
+def _maps(
+    subject: Subject, context: Context, inputs: Tensor, targets: Tensor, report: Callable[[float], None]
+) -> Tensor:
     """(N, L, H, W) maps of the (N, L) targets, in chunks."""
     found = []
     for start in range(0, len(inputs), subject.chunk):
         rows = slice(start, start + subject.chunk)
         found.append(subject.maps(context, inputs[rows], targets[rows]).detach().float())
-        report(subject.name, min(1.0, (start + subject.chunk) / len(inputs)))
+        report(min(1.0, (start + subject.chunk) / len(inputs)))
     return torch.cat(found)
 
 
@@ -283,7 +302,9 @@ def rankings(rows: list[Row]) -> str:
     """The methods ranked by deletion AUC and by pointing game side by side, with the rank correlation of the
     two orders (empty without masks)."""
     methods = [row for row in rows if not row.name.startswith("(")]
-    if not methods or any(row.scores.get("pointing_game") is None for row in methods):
+    if not methods or any(
+        row.scores.get(name) is None for row in methods for name in ("deletion_auc", "pointing_game")
+    ):
         return ""
     by_deletion = sorted(methods, key=lambda row: row.scores["deletion_auc"])
     by_pointing = sorted(methods, key=lambda row: -row.scores["pointing_game"])
@@ -331,6 +352,13 @@ def plots(rows: list[Row], out: Path, title: str) -> list[Path]:
     return written
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xai evaluate", description=__doc__.splitlines()[0])
     add_model_arguments(parser, "lenet5-shapes")
@@ -338,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--shapes", type=int, help="this many held-out shapes images, with their masks")
     source.add_argument("--images", type=Path, help="a folder of image files (default: the sample photos)")
     parser.add_argument("--steps", type=int, default=QualityOptions().steps, help="deletion and insertion steps")
-    parser.add_argument("--randomise", type=int, default=3, help="top parameterised modules drawn again")
+    parser.add_argument(
+        "--randomise", type=_at_least_one, default=3, help="top parameterised modules drawn again (>= 1)"
+    )
     parser.add_argument("--scores", help=f"comma-separated scores to compute (default: all of {', '.join(COLUMNS)})")
     parser.add_argument("--out", type=Path, default=Path("out/evaluate"))
     args = parser.parse_args(argv)

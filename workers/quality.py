@@ -7,6 +7,7 @@ of an image (each method, each target) shares the image's own pass and its refer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -46,9 +47,9 @@ def score_maps(
         free = {"sparseness": sparseness, "complexity": complexity}
         values = {name: score(stack).tolist() for name, score in free.items() if name in wanted}
         for position, key in enumerate(keys[image]):
-            found[image][key] = {name: round(column[position], 6) for name, column in values.items()}
+            found[image][key] = {name: _value(column[position]) for name, column in values.items()}
     if not needs_passes(spec):
-        return found
+        return _finite(found)
     groups: dict[int, list[int]] = {}
     for image, stack in enumerate(stacks):
         groups.setdefault(len(stack), []).append(image)
@@ -79,8 +80,8 @@ def score_maps(
                 if column is None:
                     continue
                 for index, key in enumerate(keys[image]):
-                    found[image][key][name] = round(float(column[position, index]), 6)
-    return found
+                    found[image][key][name] = _value(float(column[position, index]))
+    return _finite(found)
 
 
 def reference_images(inputs: Tensor, kind: str, blur: float) -> Tensor:
@@ -88,6 +89,18 @@ def reference_images(inputs: Tensor, kind: str, blur: float) -> Tensor:
     if kind == "blur":
         return blurred(inputs, blur)
     return mean_colour(inputs) if kind == "mean" else constant(inputs)
+
+
+def _value(value: float) -> float:
+    return round(value, 6)
+
+
+def _finite(found: list[MapScores]) -> list[MapScores]:
+    """A map with a NaN or an infinity in it has no score of that kind (JSON holds neither)."""
+    return [
+        {key: {name: value for name, value in scores.items() if math.isfinite(value)} for key, scores in image.items()}
+        for image in found
+    ]
 
 
 def _references(inputs: Tensor, options: QualityOptions, wanted: list[str]) -> dict[str, Tensor | None]:

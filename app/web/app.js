@@ -177,7 +177,7 @@ function chosenScores() {
 
 function scoreLine(quality) {
   const known = new Map(state.scores.map((score) => [score.name, score]));
-  return Object.entries(quality || {}).map(([name, value]) => {
+  return Object.entries(quality || {}).filter(([, value]) => typeof value === "number").map(([name, value]) => {
     const score = known.get(name);
     const span = document.createElement("span");
     span.className = "score";
@@ -227,8 +227,9 @@ async function submit() {
     targets: byClass ? state.files.map(() => classes) : { top_k: Number($("#top-k").value) },
     outputs: ["raw", "heatmap", "overlay"],
     quality: chosenScores(),
-    quality_options: { steps: Number($("#quality-steps").value) },
   };
+  const steps = $("#quality-steps").value;
+  if (steps !== "") options.quality_options = { steps: Number(steps) };
   const form = new FormData();
   for (const file of state.files) form.append("images", file, file.name);
   form.append("options", JSON.stringify(options));

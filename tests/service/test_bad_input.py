@@ -88,6 +88,31 @@ JSON_CASES = [
     (body(quality="sparseness"), 422, "invalid_request", "quality"),
     (body(quality_options={"steps": 1}), 422, "invalid_request", "quality_options.steps"),
     (body(quality_options={"blur": 0}), 422, "invalid_request", "quality_options.blur"),
+    (  # 13 methods x 10 targets x 255 steps x 2 curves: 66,000 passes for one image
+        body(
+            methods=[
+                {"name": name}
+                for name in (
+                    "gradient",
+                    "deconvolution",
+                    "guided_backprop",
+                    "input_x_gradient",
+                    "integrated_gradients",
+                    "smoothgrad",
+                    "gradcam",
+                    "guided_gradcam",
+                    "occlusion",
+                    "rise",
+                )
+            ],
+            targets={"top_k": 10},
+            quality=["deletion_auc", "insertion_auc"],
+            quality_options={"steps": 256},
+        ),
+        422,
+        "invalid_parameter",
+        "quality_options.steps",
+    ),
     (body(seed=-3), 422, "invalid_request", "seed"),
     (body(methods=[]), 422, "invalid_request", "methods"),
     ({"model": "lenet5-shapes", "images": [PHOTO]}, 422, "invalid_request", "methods"),

@@ -13,6 +13,7 @@ from torch import nn
 
 from workers.xai.quality import (
     area,
+    average_ranks,
     complexity,
     constant,
     correlation,
@@ -144,6 +145,35 @@ def test_correlations():
     assert rank_correlation(a, -a).tolist() == pytest.approx([1, 1, 1])  # of the absolute values
 
 
+def test_ranks_of_ties_are_their_mean_place_and_flat_maps_do_not_correlate():
+    assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    zero, half = torch.zeros(4, 4), torch.zeros(4, 4)
+    half[:2] = torch.arange(8.0).reshape(2, 4) + 1
+    assert rank_correlation(zero, zero).item() == 0.0, "nothing to order: no correlation"
+    assert rank_correlation(zero, half).item() == 0.0
+    shared = half.clone()
+    shared[:2] = shared[:2].flip(1)  # the same zero half, another order on the rest
+    by_hand = torch.corrcoef(torch.stack([average_ranks(half.flatten()), average_ranks(shared.flatten())]))[0, 1]
+    assert rank_correlation(half, shared).item() == pytest.approx(float(by_hand), abs=1e-6)
+
+
+def test_passes_are_built_a_batch_at_a_time_whatever_the_number_of_maps_and_steps():
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = torch.rand(2, 40, 8, 8, generator=torch.Generator().manual_seed(1))
+    seen: list[int] = []
+
+    def scores(inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(len(inputs))
+        return torch.softmax(inputs.flatten(1)[:, :3], dim=1)
+
+    blank = constant(images)
+    found = faithfulness(
+        scores, images, maps, torch.zeros(2, 40, dtype=torch.long), steps=64, batch_size=32,
+        deletion_reference=blank, insertion_reference=blank, confidence_reference=blank,
+    )  # fmt: skip
+    assert max(seen) <= 32 and sum(seen) == found.passes == 2 * (1 + 2 * (1 + 40 * 63) + 40)
+
+
 def test_randomised_copy_draws_the_top_layers_again_and_keeps_the_rest():
     network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 10)).eval()
     clone = randomised_copy(network, layers=1)
@@ -154,3 +184,5 @@ def test_randomised_copy_draws_the_top_layers_again_and_keeps_the_rest():
     assert torch.equal(clone[3].weight, again[3].weight), "seeded"
     deeper = randomised_copy(network, layers=3)
     assert not torch.equal(deeper[0].weight, network[0].weight)
+    with pytest.raises(ValueError, match="layers"):
+        randomised_copy(network, layers=0)

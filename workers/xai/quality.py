@@ -128,9 +128,11 @@ def faithfulness(
     ``confidence_reference`` is (the image becomes reference + map' x (image - reference), map' the map's
     positive part over its maximum; a zero reference multiplies the image by the map).
 
-    inputs (N, C, H, W); maps (N, M, H, W); targets (N, M) class ids; references like ``inputs``. Step k of S
-    changes the round(k H W / S) most salient pixels; the two ends of each curve are the image and the
-    reference, passed once per image for all its maps. ``scores`` must give probabilities."""
+    inputs (N, C, H, W); maps (N, M, H, W); targets (N, M) class ids; references like ``inputs``. A curve has
+    ``steps`` + 1 points: step k of S changes the round(k H W / S) most salient pixels, so its two ends are the
+    image and the reference, passed once per image for all its maps, and each map costs S - 1 passes per
+    curve. The images are built ``batch_size`` at a time as the passes need them: memory does not grow with
+    the number of maps or steps. ``scores`` must give probabilities."""
     count, per_image = maps.shape[:2]
     if inputs.shape[0] != count or targets.shape != maps.shape[:2] or maps.shape[-2:] != inputs.shape[-2:]:
         raise ValueError(
@@ -138,94 +140,111 @@ def faithfulness(
         )
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
-    kinds = {"deletion": deletion_reference, "insertion": insertion_reference}
-    kinds = {kind: reference for kind, reference in kinds.items() if reference is not None}
-    pixels = maps.shape[-1] * maps.shape[-2]
-    cutoffs = torch.round(torch.arange(1, steps, device=maps.device) * pixels / steps)
-    rows_per_image = 1 + sum(1 + per_image * (steps - 1) for _ in kinds)
-    rows_per_image += 0 if confidence_reference is None else per_image
-    group = max(1, batch_size // rows_per_image)  # images whose passes are built and run together
+    plan = _Plan(inputs, maps, steps, deletion_reference, insertion_reference, confidence_reference)
+    targets = targets.to(inputs.device)
     found = Faithfulness()
-    curves = {kind: torch.empty(count, per_image, steps + 1) for kind in kinds}
-    change = torch.empty(count, per_image) if confidence_reference is not None else None
-    for start in range(0, count, group):
-        end = min(count, start + group)
-        batch, layout = _perturbed(inputs[start:end], maps[start:end], cutoffs, kinds, confidence_reference, start)
-        if inputs.is_contiguous(memory_format=torch.channels_last):  # as the network was given its inputs
+    image_p = torch.empty(count, per_image, device=inputs.device)
+    reference_p = {kind: torch.empty(count, per_image, device=inputs.device) for kind in plan.kinds}
+    inner = {kind: torch.empty(count, per_image, steps - 1, device=inputs.device) for kind in plan.kinds}
+    moved = torch.empty(count, per_image, device=inputs.device)
+    total = count * plan.rows_per_image
+    channels_last = inputs.is_contiguous(memory_format=torch.channels_last)  # as the network was given them
+    for start in range(0, total, batch_size):
+        end = min(total, start + batch_size)
+        batch, pieces = plan.build(start, end)
+        if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        report = None if progress is None else _part(progress, start / count, (end - start) / count)
-        probabilities = _run(scores, batch, batch_size, report)
+        with torch.inference_mode():
+            probabilities = scores(batch).float()
         found.passes += len(batch)
-        for image in range(start, end):
-            wanted = targets[image].to(probabilities.device)
-            original = probabilities[layout[image, "image"], wanted]
-            for kind in kinds:
-                first, last = layout[image, kind]
-                inner = probabilities[first:last].reshape(per_image, steps - 1, -1)
-                inner = inner.gather(2, wanted[:, None, None].expand(-1, steps - 1, 1))[..., 0]
-                ref = probabilities[layout[image, kind + "-reference"], wanted]
-                ends = (original, ref) if kind == "deletion" else (ref, original)
-                curves[kind][image] = torch.cat([ends[0][:, None], inner, ends[1][:, None]], dim=1).float().cpu()
-            if change is not None:
-                first, last = layout[image, "confidence"]
-                moved = probabilities[first:last].gather(1, wanted[:, None])[:, 0]
-                change[image] = (moved - original).float().cpu()
-    found.deletion, found.insertion = curves.get("deletion"), curves.get("insertion")
-    found.confidence_change = change
+        for image, segment, first, last, row in pieces:
+            wanted = targets[image]
+            if segment == "image":
+                image_p[image] = probabilities[row, wanted]
+            elif segment.endswith("-reference"):
+                reference_p[segment.removesuffix("-reference")][image] = probabilities[row, wanted]
+            else:
+                local = torch.arange(first, last, device=inputs.device)
+                column = local // (steps - 1) if segment != "confidence" else local
+                values = probabilities[row : row + last - first].gather(1, wanted[column][:, None])[:, 0]
+                if segment == "confidence":
+                    moved[image, column] = values
+                else:
+                    inner[segment][image, column, local % (steps - 1)] = values
+        if progress is not None:
+            progress(end / total)
+    for kind in plan.kinds:
+        ends = (image_p, reference_p[kind]) if kind == "deletion" else (reference_p[kind], image_p)
+        curve = torch.cat([ends[0][..., None], inner[kind], ends[1][..., None]], dim=-1).cpu()
+        setattr(found, kind, curve)
+    if confidence_reference is not None:
+        found.confidence_change = (moved - image_p).cpu()
     return found
 
 
-def _perturbed(
-    inputs: Tensor,
-    maps: Tensor,
-    cutoffs: Tensor,
-    kinds: dict[str, Tensor],
-    confidence_reference: Tensor | None,
-    offset: int,
-) -> tuple[Tensor, dict[tuple[int, str], int | tuple[int, int]]]:
-    """Every image these passes need, stacked, and where each image's rows lie in the stack."""
-    pieces: list[Tensor] = []
-    layout: dict[tuple[int, str], int | tuple[int, int]] = {}
-    row = 0
-    changed = salience_ranks(maps)[:, :, None] < cutoffs[None, None, :, None, None]  # (n, M, S - 1, H, W)
-    for index, image in enumerate(inputs):
-        key = offset + index
-        pieces.append(image[None])
-        layout[key, "image"] = row
-        row += 1
-        for kind, references in kinds.items():
-            reference = references[offset + index].to(image.device)
-            mask = changed[index][:, :, None]  # (M, S - 1, 1, H, W)
-            steps = torch.where(mask, reference, image) if kind == "deletion" else torch.where(mask, image, reference)
-            pieces += [reference[None], steps.flatten(0, 1)]
-            layout[key, kind + "-reference"] = row
-            layout[key, kind] = (row + 1, row + 1 + len(pieces[-1]))
-            row += 1 + len(pieces[-1])
-        if confidence_reference is not None:
-            reference = confidence_reference[offset + index].to(image.device)
-            weights = maps[index].detach().clamp_min(0)
+class _Plan:
+    """The rows of every image's passes, in order (the image, then per curve its reference and each map's
+    inner steps, then each map's confidence image), and how to build any span of them."""
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        maps: Tensor,
+        steps: int,
+        deletion: Tensor | None,
+        insertion: Tensor | None,
+        confidence: Tensor | None,
+    ) -> None:
+        self.inputs, self.maps, self.steps = inputs, maps, steps
+        self.kinds = {kind: ref for kind, ref in (("deletion", deletion), ("insertion", insertion)) if ref is not None}
+        self.confidence = confidence
+        per_image = maps.shape[1]
+        pixels = maps.shape[-1] * maps.shape[-2]
+        self.cutoffs = torch.round(torch.arange(1, steps, device=inputs.device) * pixels / steps).int()
+        self.ranks = salience_ranks(maps).to(inputs.device, torch.int32)  # (N, M, H, W)
+        self.segments: list[tuple[str, int]] = [("image", 1)]
+        for kind in self.kinds:
+            self.segments += [(kind + "-reference", 1), (kind, per_image * (steps - 1))]
+        if confidence is not None:
+            self.segments.append(("confidence", per_image))
+        self.rows_per_image = sum(length for _, length in self.segments)
+
+    def build(self, start: int, end: int) -> tuple[Tensor, list[tuple[int, str, int, int, int]]]:
+        """The images of rows [start, end) stacked, and per piece (image, segment, its first and last index
+        within the segment, its first row in the stack)."""
+        stack: list[Tensor] = []
+        pieces: list[tuple[int, str, int, int, int]] = []
+        row = 0
+        for image in range(start // self.rows_per_image, (end - 1) // self.rows_per_image + 1):
+            base = image * self.rows_per_image
+            offset = 0
+            for segment, length in self.segments:
+                first = max(start - base - offset, 0)
+                last = min(end - base - offset, length)
+                offset += length
+                if first >= last:
+                    continue
+                stack.append(self._images(image, segment, first, last))
+                pieces.append((image, segment, first, last, row))
+                row += last - first
+        return torch.cat(stack), pieces
+
+    def _images(self, image: int, segment: str, first: int, last: int) -> Tensor:
+        x = self.inputs[image]
+        if segment == "image":
+            return x[None]
+        if segment.endswith("-reference"):
+            return self.kinds[segment.removesuffix("-reference")][image].to(x.device)[None]
+        local = torch.arange(first, last, device=x.device)
+        if segment == "confidence":
+            reference = self.confidence[image].to(x.device)
+            weights = self.maps[image, local].detach().to(x.device, x.dtype).clamp_min(0)
             weights = weights / weights.flatten(1).amax(1).clamp_min(torch.finfo(weights.dtype).tiny)[:, None, None]
-            pieces.append(reference + weights[:, None] * (image - reference))
-            layout[key, "confidence"] = (row, row + len(pieces[-1]))
-            row += len(pieces[-1])
-    return torch.cat(pieces), layout
-
-
-def _part(progress: Progress, first: float, share: float) -> Progress:
-    return lambda done: progress(first + done * share)
-
-
-def _run(scores: Scores, batch: Tensor, batch_size: int, progress: Progress | None) -> Tensor:
-    """Probabilities of the batch, ``batch_size`` images a pass; ``progress`` after each pass (it may raise to
-    stop)."""
-    found = []
-    chunks = batch.split(batch_size)
-    with torch.inference_mode():
-        for number, chunk in enumerate(chunks):
-            found.append(scores(chunk).float())
-            if progress is not None:
-                progress((number + 1) / len(chunks))
-    return torch.cat(found)
+            return reference + weights[:, None] * (x - reference)
+        reference = self.kinds[segment][image].to(x.device)
+        changed = self.ranks[image, local // (self.steps - 1)] < self.cutoffs[local % (self.steps - 1), None, None]
+        changed = changed[:, None]  # (R, 1, H, W)
+        return torch.where(changed, reference, x) if segment == "deletion" else torch.where(changed, x, reference)
 
 
 def grown(masks: Tensor, tolerance: int) -> Tensor:
@@ -265,15 +284,32 @@ def correlation(first: Tensor, second: Tensor) -> Tensor:
     return torch.where(norms > 0, found, torch.zeros_like(found)).float()
 
 
+def average_ranks(values: Tensor) -> Tensor:
+    """(..., n) -> each value's rank from 0 (the smallest) up, tied values sharing the mean of their places."""
+    ordered, order = values.sort(dim=-1, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    group = starts.cumsum(-1) - 1  # each sorted value's tie group
+    places = torch.arange(values.shape[-1], dtype=torch.float64, device=values.device).expand(ordered.shape)
+    sums = torch.zeros_like(places).scatter_add_(-1, group, places)
+    counts = torch.zeros_like(places).scatter_add_(-1, group, torch.ones_like(places))
+    mean = (sums / counts.clamp_min(1)).gather(-1, group)
+    return torch.empty_like(mean).scatter_(-1, order, mean)
+
+
 def rank_correlation(first: Tensor, second: Tensor) -> Tensor:
-    """(..., H, W) twice -> (...) Spearman correlation of the absolute values of each pair of maps (the
-    Pearson correlation of their ranks; ties in reading order)."""
-    return correlation(salience_ranks(first.abs()).float(), salience_ranks(second.abs()).float())
+    """(..., H, W) twice -> (...) Spearman correlation of the absolute values of each pair of maps: the Pearson
+    correlation of their ranks, ties ranked by their mean place; 0 where either map is flat."""
+    a = average_ranks(first.detach().abs().flatten(-2).double())
+    b = average_ranks(second.detach().abs().flatten(-2).double())
+    return correlation(a[..., None], b[..., None])
 
 
 def randomised_copy(network: nn.Module, layers: int, seed: int = 0) -> nn.Module:
     """A copy of ``network`` with the parameters of its last ``layers`` parameterised modules (in the order
     they were defined: the classifier first) drawn again by their own initialisers; the rest as trained."""
+    if layers < 1:
+        raise ValueError(f"layers must be >= 1, got {layers}")
     clone = copy.deepcopy(network)
     owners = [module for module in clone.modules() if any(True for _ in module.parameters(recurse=False))]
     if not owners:
