@@ -343,6 +343,9 @@ def plots(rows: list[Row], out: Path, title: str) -> list[Path]:
         axes.set_title(f"{score.title} ({score.better} is better)\n{title}", fontsize=10)
         for position, value in enumerate(values):
             axes.text(value, position, f" {value:.3f}", va="center", fontsize=8)
+        if column == "randomisation":
+            axes.axvline(SANITY_THRESHOLD, color="#c03030", linestyle="--", linewidth=1)
+            axes.text(SANITY_THRESHOLD, -0.6, " passes below", color="#c03030", fontsize=8)
         axes.tick_params(labelsize=8)
         figure.tight_layout()
         path = out / f"{column}.png"
