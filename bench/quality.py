@@ -38,8 +38,9 @@ OFFLINE_METHODS = ["gradient", "guided_backprop", "input_x_gradient", "integrate
 OFFLINE_PARAMS = {"rise": {"num_masks": 1000}}
 
 
-def obvious(scores, image, saliency, target, reference, steps, deletion) -> float:
-    """Petsiuk et al.'s loop as most code writes it: change one step's pixels, one forward pass, repeat."""
+def obvious_curve(scores, image, saliency, target, reference, steps, deletion) -> torch.Tensor:
+    """Petsiuk et al.'s loop as most code writes it: change one step's pixels, one forward pass, repeat
+    (the oracle of ``tests/workers/test_quality_scores.py`` too)."""
     order = salience_ranks(saliency).flatten()
     current = image.clone() if deletion else reference.clone()
     source = reference if deletion else image
@@ -49,7 +50,7 @@ def obvious(scores, image, saliency, target, reference, steps, deletion) -> floa
         current = torch.where(changed, source, current)
         with torch.inference_mode():
             points.append(float(scores(current[None])[0, target]))
-    return float(area(torch.tensor(points)))
+    return torch.tensor(points)
 
 
 def one_request(repeats: int) -> None:
@@ -85,13 +86,14 @@ def one_request(repeats: int) -> None:
             for chunk in prebuilt.split(QUALITY_BATCH):
                 scores(chunk)
 
-    deletion_reference = reference_images(inputs, "mean", 0.15)[0]
-    insertion_reference = reference_images(inputs, "blur", 0.15)[0]
+    options = QualityOptions()  # the service's defaults, as score_maps uses them
+    deletion_reference = reference_images(inputs, options.deletion_reference, options.blur)[0]
+    insertion_reference = reference_images(inputs, options.insertion_reference, options.blur)[0]
 
     def slow() -> None:
         for saliency in maps.values():
-            obvious(scores, inputs[0], saliency[0], target, deletion_reference, 16, True)
-            obvious(scores, inputs[0], saliency[0], target, insertion_reference, 16, False)
+            obvious_curve(scores, inputs[0], saliency[0], target, deletion_reference, 16, True)
+            obvious_curve(scores, inputs[0], saliency[0], target, insertion_reference, 16, False)
 
     ours_ms, bare_ms, slow_ms = interleaved_ms([ours, bare, slow], repeats)
     print("### One request: EfficientNet-Lite0, 224x224, 4 maps, deletion + insertion, 16 steps\n")
@@ -128,10 +130,10 @@ def offline(count: int) -> None:
     checked = []
     for i in range(sample):
         for m in range(len(calls)):
-            label = int(images.labels[i])
-            d = obvious(scores, images.inputs[i], maps[i, m], label, deletion_reference[i], options.steps, True)
-            checked.append(abs(d - float(found.deletion_auc[i, m])))
-            obvious(scores, images.inputs[i], maps[i, m], label, insertion_reference[i], options.steps, False)
+            image, saliency, label = images.inputs[i], maps[i, m], int(images.labels[i])
+            curve = obvious_curve(scores, image, saliency, label, deletion_reference[i], options.steps, True)
+            checked.append(abs(float(area(curve)) - float(found.deletion_auc[i, m])))
+            obvious_curve(scores, image, saliency, label, insertion_reference[i], options.steps, False)
     slow_s = (time.perf_counter() - started) * count / sample
     print(f"### Offline: deletion + insertion of 6 methods' maps on {count} shapes (lenet5-shapes), 16 steps\n")
     print("| what | s | ratio |\n| --- | ---: | ---: |")

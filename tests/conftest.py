@@ -41,6 +41,6 @@ def cat_photo():
 
 @pytest.fixture(scope="session")
 def cat_input(cat_photo, registry) -> torch.Tensor:
-    from workers.explain_photo import to_input
+    from models.preprocessing import preprocess
 
-    return to_input(cat_photo, registry.manifest("efficientnet-lite0"))
+    return torch.from_numpy(preprocess(cat_photo, registry.manifest("efficientnet-lite0").preprocessing))[None]

@@ -36,7 +36,7 @@ from models.train_shapes import TEST_SEED
 from workers.commands import add_model_arguments, clear_bar, draw_bar, load_model, method_calls
 from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
-from workers.quality import reference_images
+from workers.quality import references_for
 from workers.xai import Explainer
 from workers.xai.quality import (
     complexity,
@@ -79,12 +79,10 @@ def shapes_images(count: int, seed: int = TEST_SEED) -> Images:
 
 def folder_images(directory: Path, host: ModelHost, model: str) -> Images:
     """Every image file of ``directory``, preprocessed for ``model``."""
-    manifest = host.manifest(model)
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"})
     if not paths:
         raise SystemExit(f"{directory}: no image files (png, jpg, jpeg, webp, bmp)")
-    inputs = [preprocess(to_rgb(Image.open(path)), manifest.preprocessing) for path in paths]
-    return Images(torch.from_numpy(np.stack(inputs)), [path.stem for path in paths])
+    return Images(_inputs([to_rgb(Image.open(path)) for path in paths], host, model), [path.stem for path in paths])
 
 
 def sample_photos(host: ModelHost, model: str) -> Images:
@@ -92,10 +90,14 @@ def sample_photos(host: ModelHost, model: str) -> Images:
     astronaut."""
     from skimage import data
 
-    manifest = host.manifest(model)
     names = ["chelsea", "coffee", "rocket", "astronaut"]
-    photos = [Image.fromarray(getattr(data, name)()) for name in names]
-    return Images(torch.from_numpy(np.stack([preprocess(p, manifest.preprocessing) for p in photos])), names)
+    return Images(_inputs([Image.fromarray(getattr(data, name)()) for name in names], host, model), names)
+
+
+def _inputs(photos: list[Image.Image], host: ModelHost, model: str) -> Tensor:
+    """(N, 3, H, W) network inputs of RGB photos, as the model's manifest preprocesses them."""
+    preprocessing = host.manifest(model).preprocessing
+    return torch.from_numpy(np.stack([preprocess(photo, preprocessing) for photo in photos]))
 
 
 MapsOf = Callable[[Context, Tensor, Tensor], Tensor]  # (context, inputs (N, C, H, W), targets (N, L)) -> maps
@@ -168,14 +170,7 @@ def evaluate(
         chances = torch.cat([chance_of(chunk) for chunk in images.inputs.split(256)])
     targets = images.labels if images.labels is not None else chances.argmax(1)
     bottom = chances.argmin(1)
-    references = {
-        "deletion_reference": reference_images(images.inputs, options.deletion_reference, options.blur)
-        if "deletion_auc" in wanted
-        else None,
-        "insertion_reference": reference_images(images.inputs, options.insertion_reference, options.blur)
-        if "insertion_auc" in wanted
-        else None,
-    }
+    references = references_for(images.inputs, options, wanted)
 
     def measured(maps: Tensor) -> dict[str, float | None]:
         """The scores of (N, H, W) maps of the targets that need no other map."""
@@ -195,12 +190,10 @@ def evaluate(
     if images.masks is not None:
         baselines["(the object's mask)"] = images.masks.float()
     rows = [Row(name, measured(maps)) for name, maps in baselines.items()]
-    randomised = Context(
-        randomised_copy(context.network, randomise),
-        context.default_layer,
-        seed=0,
-        probabilities=context.probabilities,
-    )
+    randomised = None
+    if "randomisation" in wanted:
+        network = randomised_copy(context.network, randomise)
+        randomised = Context(network, context.default_layer, seed=0, probabilities=context.probabilities)
     for subject in subjects:
         subject = subject if isinstance(subject, Subject) else Subject.of(subject)
         started = time.perf_counter()
@@ -214,12 +207,11 @@ def evaluate(
         row = Row(subject.name, measured(maps))
         if sensitivity:
             row.scores["class_sensitivity"] = _mean(correlation(maps, both[:, 1]))
-        if "randomisation" in wanted and subject.needs_ood_head:
-            row.scores["randomisation"] = None  # its OoD head reads the trained network's features
-        elif "randomisation" in wanted:
+        if randomising and randomised is not None:
             again = _maps(subject, randomised, images.inputs, targets[:, None], _share(report, subject.name, 0.5, 0.5))
-            again = again[:, 0]
-            row.scores["randomisation"] = _mean(rank_correlation(maps, again))
+            row.scores["randomisation"] = _mean(rank_correlation(maps, again[:, 0]))
+        elif "randomisation" in wanted:
+            row.scores["randomisation"] = None  # its OoD head reads the trained network's features
         row.seconds = time.perf_counter() - started
         report(subject.name, 1.0)
         rows.append(row)

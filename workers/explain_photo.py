@@ -21,7 +21,6 @@ import threading
 from io import BytesIO
 from pathlib import Path
 
-import torch
 from PIL import Image
 from pydantic import ValidationError
 
@@ -35,8 +34,6 @@ from core.quality import DEFAULT_QUALITY, SCORES
 from core.settings import get_settings
 from core.telemetry import Telemetry
 from core.validation import build_spec
-from models.manifest import Manifest
-from models.preprocessing import preprocess
 from models.registry import ModelRegistry
 from workers.commands import add_model_arguments, clear_bar, draw_bar, load_model, method_calls
 from workers.job_runner import JobRunner
@@ -49,11 +46,6 @@ def sample_photo() -> Image.Image:
     from skimage import data
 
     return Image.fromarray(data.chelsea())
-
-
-def to_input(photo: Image.Image, manifest: Manifest) -> torch.Tensor:
-    """(1, 3, H, W) as the manifest's preprocessing says."""
-    return torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
 
 
 def read_photo(path: Path) -> bytes:

@@ -8,7 +8,7 @@ of an image (each method, each target) shares the image's own pass and its refer
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ def score_maps(
     done = 0
     for rows in groups.values():
         chosen = inputs[rows]
-        references = _references(chosen, spec.quality_options, wanted)
+        references = references_for(chosen, spec.quality_options, wanted)
         share = len(rows) / len(stacks)
         result = faithfulness(
             lambda batch: to_probabilities(context.network(batch)),
@@ -103,8 +103,9 @@ def _finite(found: list[MapScores]) -> list[MapScores]:
     ]
 
 
-def _references(inputs: Tensor, options: QualityOptions, wanted: list[str]) -> dict[str, Tensor | None]:
-    """The reference images each asked-for score needs, each made once."""
+def references_for(inputs: Tensor, options: QualityOptions, wanted: Collection[str]) -> dict[str, Tensor | None]:
+    """The reference images each asked-for score needs (keyword arguments of ``faithfulness``), each kind made
+    once."""
     made: dict[str, Tensor] = {}
 
     def reference(kind: str) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.quality import obvious_curve
 from core.contract import ExplainOptions
 from core.quality import QualityOptions
 from core.validation import build_spec
@@ -16,7 +17,7 @@ from tests.service.helpers import encode, shape_photos
 from tests.workers.test_job_runner import Bench
 from workers.methods import build_explainer, explain, probabilities
 from workers.model_host import ModelHost
-from workers.xai.quality import area, blurred, faithfulness, mean_colour, salience_ranks
+from workers.xai.quality import area, blurred, faithfulness, mean_colour
 
 EVERY = ["sparseness", "complexity", "deletion_auc", "insertion_auc", "confidence_change"]
 
@@ -26,22 +27,6 @@ def host() -> ModelHost:
     made = ModelHost(ModelRegistry(), "cpu", ["lenet5-shapes"])
     made.load_all()
     return made
-
-
-def obvious_curve(scores, image, saliency, target, reference, steps, deletion):
-    """Petsiuk et al.'s loop as written in most code: one forward pass per step, pixels changed one step at a
-    time in the order of the map."""
-    order = salience_ranks(saliency).flatten()
-    current = image.clone() if deletion else reference.clone()
-    source = reference if deletion else image
-    points = []
-    for step in range(steps + 1):
-        count = round(step * order.numel() / steps)
-        changed = (order < count).reshape(saliency.shape)
-        current = torch.where(changed, source, current)
-        with torch.inference_mode():
-            points.append(float(scores(current[None])[0, target]))
-    return torch.tensor(points)
 
 
 def test_a_job_returns_each_score_of_each_map_as_an_obvious_implementation_computes_it(host):
