@@ -30,10 +30,10 @@ LEASE = {"lease_s": os.environ.get("XAI_FAULT_LEASE_S", "4"), "worker_models": "
 PHOTOS = [b64(encode(photo)) for photo in shape_photos(16)]
 
 
-def long_job(masks: int = 3000, images: int = 16) -> dict:
-    """Seconds of RISE on lenet5-shapes, reporting progress per batch."""
+def long_job(masks: int = 3000, images: int = 16, model: str = "lenet5-shapes") -> dict:
+    """Seconds of RISE on lenet5-shapes (or minutes on efficientnet-lite0), reporting progress per batch."""
     return {
-        "model": "lenet5-shapes",
+        "model": model,
         "methods": [{"name": "rise", "params": {"num_masks": masks}}],
         "images": PHOTOS[:images],
         "outputs": ["raw"],
@@ -207,7 +207,9 @@ def test_the_embedded_mode_enforces_the_same_time_limit(tmp_path: Path):
     api, base = start_api(tmp_path, "api-embedded", job_time_limit_s="10")
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
-            job = http.post("/explain", json=long_job(masks=20000)).json()["job_id"]
+            # minutes of work on any CPU (on lenet5-shapes a fast one finished 320,000 passes inside the limit)
+            job = http.post("/explain", json=long_job(masks=20000, images=1, model="efficientnet-lite0")).json()
+            job = job["job_id"]
             view = poll(http, job, timeout=120)
             assert view["state"] == "failed" and view["error"]["code"] == "timeout", view
     finally:
