@@ -141,17 +141,19 @@ def ood_cost(host: Any, name: str, x: torch.Tensor, seconds: float) -> dict[str,
     import torch
 
     from workers.inference import _predict
+    from workers.methods import probabilities
 
     ood = host.ood_net(name)
     if ood is None:
         return {}
     network = host.network(name)
+    to_probabilities = probabilities(host.manifest(name).probabilities)
     found = {}
     for batch in (1, 16):
         inputs = x.repeat(batch, 1, 1, 1).contiguous(memory_format=torch.channels_last)
         plain, scored = interleaved(
-            lambda inputs=inputs: _predict(network, None, inputs),
-            lambda inputs=inputs: _predict(network, ood, inputs),
+            lambda inputs=inputs: _predict(network, None, inputs, to_probabilities),
+            lambda inputs=inputs: _predict(network, ood, inputs, to_probabilities),
             seconds,
         )
         found[str(batch)] = {"plain_ms": statistics.median(plain) * 1000, "ood_ms": statistics.median(scored) * 1000}
