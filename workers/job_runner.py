@@ -15,7 +15,9 @@ so that the message is not acknowledged and the lease expires: the job runs agai
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +37,7 @@ from workers.store_access import LeaseKeeper, StoreUnavailable, persist
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.2
+REMEMBERED_ENDS = 4096  # job ids whose end this runner wrote, for the messages of batch mates that come after
 
 
 class Cancelled(Exception):
@@ -68,6 +71,8 @@ class JobRunner:
         self.records, self.telemetry, self.host, self.settings = records, telemetry, host, settings
         self.owner = owner
         self.timeout_errors = timeout_errors  # the transport's own "time is up" (Celery's soft time limit)
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._ended_lock = threading.Lock()  # the embedded pool runs jobs on several threads
 
     def enter_thread(self) -> None:
         """Set up the thread that runs jobs: torch's threads (``Settings.job_threads``; per calling
@@ -77,7 +82,14 @@ class JobRunner:
 
     def run(self, job_id: str) -> str:
         """Run the job if it is ours to run, with the compatible jobs waiting beside it; returns what
-        happened to it (a state, or why it was not run)."""
+        happened to it (a state, or why it was not run).
+
+        A job this runner ended in a batch still has its own message, which arrives after the end (most
+        messages under load): it is answered from memory, without a round trip to the store (ends are
+        final, so the claim could only say ``finished``)."""
+        if job_id in self._ended:
+            log.debug("job %s not run: finished here", job_id)
+            return Claim.finished.value
         claim, lease = self._claim(job_id)
         if lease is None:
             return claim.value
@@ -102,7 +114,7 @@ class JobRunner:
             log.error("job %s: failed with %s, it is not run again", job_id, code)
             self.telemetry.record_failure(code)
         if lease is None:
-            log.info("job %s not run: %s", job_id, claim.value)
+            (log.debug if claim is Claim.finished else log.info)("job %s not run: %s", job_id, claim.value)
         return claim, lease
 
     def _gather(self, spec: JobSpec) -> list[Job]:
@@ -270,8 +282,16 @@ class JobRunner:
             if not landed:
                 log.warning("job %s: %s not written, the lease was lost", job.job_id, end.state)
             job.outcome = end.state if landed else "lease_lost"
+            if landed:
+                self._remember_end(job.job_id)
             if landed and end.state == "failed" and end.error is not None:
                 self.telemetry.record_failure(end.error.code)
+
+    def _remember_end(self, job_id: str) -> None:
+        with self._ended_lock:
+            self._ended[job_id] = None
+            if len(self._ended) > REMEMBERED_ENDS:
+                self._ended.popitem(last=False)
 
 
 def _info(error: ServiceError) -> ErrorInfo:

@@ -75,6 +75,26 @@ def test_jobs_with_the_same_methods_run_as_one_batch_and_match_running_alone(hos
         assert np.allclose(batched, single, rtol=2e-3, atol=2e-3 * float(np.abs(single).max()))
 
 
+def test_a_batch_mates_own_message_is_answered_without_the_store(host, monkeypatch):
+    """A job this runner ended in a batch is known to be finished: its message costs no round trip.
+    A job ended elsewhere is still looked up."""
+    bench = Bench(host)
+    first, second = bench.send(1), bench.send(1)
+    assert bench.runner.run(first) == "succeeded"
+    assert bench.records.view(second).state == "succeeded", "second ran in first's batch"
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("the store was read for a job this runner ended")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bench.records.kv, "transact_many", unreachable)
+        patched.setattr(bench.records.kv, "get", unreachable)
+        assert bench.runner.run(second) == "finished"
+        assert bench.runner.run(first) == "finished"
+    other = JobRunner(bench.records, Telemetry(bench.records.kv), host, bench.settings, "another")
+    assert other.run(second) == "finished", "another process asks the store"
+
+
 def test_the_batch_budget_bounds_the_images_of_a_batch(host):
     bench = Bench(host, batch_max_images=4)
     jobs = [bench.send(2) for _ in range(3)]
