@@ -10,7 +10,8 @@ progress between batches (it raises to stop: cancelled, timed out, lease lost).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
 from workers.quality import MapScores, needs_passes, score_maps
 from workers.rendering import PutMap, map_result
-from workers.xai import Explainer, TopTargets
+from workers.xai import Explainer, OoDNet, TopTargets, features_of_pass
 
 PREDICTIONS = 5  # classes listed per image (more when top_k asks for more)
 Checkpoint = Callable[[float], None]
@@ -80,10 +81,12 @@ def compute(
         else:  # the first method's forward pass is the prediction: its targets are the top classes
             report = _scaled(checkpoint, 0, slots)
             report(0.0)
-            lead_maps = _explain_lead(first.methods[0], lead, inputs, TopTargets(first.top_k), report)
+            with _features_of_lead(context, len(inputs)) as features:
+                lead_maps = _explain_lead(first.methods[0], lead, inputs, TopTargets(first.top_k), report)
             timings["predict"] = 0.0
             timings[first.methods[0].name] = (time.perf_counter() - started) * 1000
-            chances, scores = to_probabilities(lead.last_outputs.float()), None
+            chances = to_probabilities(lead.last_outputs.float())
+            scores = None if ood is None else _score_features(ood, features, inputs)
         most = max(max(PREDICTIONS, spec.top_k) for spec in specs)
         top = chances.topk(min(most, chances.shape[1]), dim=1)
         images: list[Computed] = []
@@ -157,11 +160,13 @@ def result_of(spec: JobSpec, computed: list[Computed], host: ModelHost, put_map:
 
 
 def _lead(specs: list[JobSpec], context: Context) -> Explainer | None:
-    """The explainer of the first method when its forward pass can also be the prediction: no OoD head
-    (that needs the features), every image explained for its top-k classes with one k, and a method whose
-    first forward pass is over the inputs themselves."""
+    """The explainer of the first method when its forward pass can also be the prediction: every image
+    explained for its top-k classes with one k, a method whose first forward pass is over the inputs
+    themselves, and no OoD head or one whose features that pass computes (``Context.ood_features``)."""
     first = specs[0]
-    if context.ood_net is not None or not first.methods or any(spec.targets for spec in specs):
+    if context.ood_net is not None and context.ood_features is None:
+        return None
+    if not first.methods or any(spec.targets for spec in specs):
         return None
     if len({spec.top_k for spec in specs}) != 1:
         return None
@@ -170,6 +175,23 @@ def _lead(specs: list[JobSpec], context: Context) -> Explainer | None:
     except (TypeError, ValueError):
         return None  # the usual path reports the error, with its field
     return explainer if explainer.first_forward_is_the_inputs else None
+
+
+@contextmanager
+def _features_of_lead(context: Context, rows: int) -> Iterator[list[torch.Tensor]]:
+    """The OoD head's features from the lead method's first forward pass (nothing without a head)."""
+    if context.ood_net is None or context.ood_features is None:
+        yield []
+        return
+    with features_of_pass(context.network, context.ood_features, rows) as features:
+        yield features
+
+
+def _score_features(ood: OoDNet, features: list[torch.Tensor], inputs: torch.Tensor) -> list[float]:
+    """The OoD scores from the features of the lead's pass; from a pass of their own if it ran elsewhere
+    (an explainer forwarding a copy of the network)."""
+    with torch.inference_mode():
+        return ood.score_features(features[0] if features else ood.features(inputs)).tolist()
 
 
 def _explain_lead(

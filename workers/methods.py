@@ -50,6 +50,7 @@ class Context:
     seed: int | None = None
     ood_net: OoDNet | None = None
     probabilities: str = "softmax"  # the manifest's: softmax, or sigmoid for multi-label models
+    ood_features: str | None = None  # the network's module whose output the OoD head reads (ModelHost)
 
 
 Build = Callable[[Any, Context], Explainer]

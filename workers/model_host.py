@@ -55,6 +55,7 @@ class ModelHost:
         self._locks = {name: threading.Lock() for name in registry.names()}
         self._ood: dict[str, OoDNet | None] = {}
         self._ood_errors: dict[str, str] = {}
+        self._ood_features: dict[str, str | None] = {}  # the module whose output the head reads, if any
         self._capabilities: dict[str, Capabilities] = {}
         self._spatial: dict[str, SpatialScores] = {}
         self._guard = threading.RLock()
@@ -107,7 +108,14 @@ class ModelHost:
             )
         ood = OoDNet(network, manifest.num_classes).load(path).to(self.device)
         ood.set_train(False)
+        sample = torch.rand(2, 3, *manifest.preprocessing.size, generator=torch.Generator().manual_seed(0))
+        self._ood_features[manifest.name] = ood.feature_module(sample.to(self.device))
         return ood
+
+    def ood_features(self, name: str) -> str | None:
+        """The module of the model whose output its OoD head reads, when a plain pass computes it
+        (``OoDNet.feature_module``): an explanation's forward pass then also gives the OoD score."""
+        return self._ood_features.get(name) if self.ood_net(name) is not None else None
 
     def context(self, name: str, seed: int | None = None) -> Context:
         """What the model's explainers are built from: its network, default layer, OoD head, probabilities."""
@@ -117,6 +125,7 @@ class ModelHost:
             seed,
             self.ood_net(name),
             self.manifest(name).probabilities,
+            self.ood_features(name),
         )
 
     @contextmanager

@@ -201,3 +201,37 @@ def test_the_first_gradient_method_s_forward_is_the_prediction(efficientnet_host
     for position in range(4):  # gradcam x 2 targets, gradient x 2 targets
         # float16 maps of the same computation (eval mode, same inputs): equal to float16 rounding.
         assert np.allclose(raw(view, 0, position), raw(other, 0, position), rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradient", "guided_backprop"])
+def test_one_forward_pass_gives_the_prediction_the_ood_score_and_the_maps(host, method):
+    """lenet5-shapes has an OoD head whose features its plain pass computes (relu4): a job explaining
+    its top class runs the network forward once, and its predictions, OoD scores and maps are those of
+    the path with a pass of their own (asked targets take it). Tolerances: the same operations on the
+    same values in another order of passes, so float32 rounding (1e-5); the maps through float16."""
+    counted = []
+    network = host.network("lenet5-shapes")
+    handle = network.register_forward_hook(lambda module, args, output: counted.append(len(args[0])))
+    bench = Bench(host)
+    methods = [{"name": method}]
+    try:
+        lead = bench.send(3, methods=methods)
+        assert bench.runner.run(lead) == "succeeded"
+        assert counted == [3], "one forward pass over the three images"
+        top = bench.records.view(lead)
+        targets = [[image.predictions[0].class_id] for image in top.result.images]
+        counted.clear()
+        separate = bench.send(3, methods=methods, targets=targets)
+        assert bench.runner.run(separate) == "succeeded"
+        assert len(counted) == 2, "with targets given: the prediction's pass, then the method's"
+    finally:
+        handle.remove()
+    apart = bench.records.view(separate)
+    for image, (one, two) in enumerate(zip(top.result.images, apart.result.images, strict=True)):
+        assert [p.class_id for p in one.predictions] == [p.class_id for p in two.predictions]
+        assert np.allclose(
+            [p.probability for p in one.predictions], [p.probability for p in two.predictions], atol=1e-5
+        )
+        assert one.ood_score is not None and one.ood_score == pytest.approx(two.ood_score, abs=1e-5)
+        first, second = raw(top, image), raw(apart, image)
+        assert np.allclose(first, second, rtol=2e-3, atol=2e-3 * float(np.abs(second).max()))

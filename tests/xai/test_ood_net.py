@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from models.lenet5 import LeNet5
 from tests.nets import seeded
 from tests.xai.test_contract import assert_same_state, state_of
-from workers.xai import OoDNet
+from workers.xai import OoDNet, features_of_pass
 
 
 def patterns() -> torch.Tensor:
@@ -274,3 +274,31 @@ def test_the_score_of_features_is_the_max_cosine_and_follows_changed_weights(len
     weighted = ood.score_features(features.requires_grad_())  # with autograd: computed afresh, differentiable
     weighted.sum().backward()
     assert features.grad is not None and torch.isfinite(features.grad).all()
+
+
+class _Rescaled(LeNet5):
+    """Its features with ``output_features`` set are not what its plain pass classifies (scaled first)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = super().forward(x) if self.output_features else None
+        if features is not None:
+            return features
+        self.output_features = True
+        try:
+            inner = super().forward(x)
+        finally:
+            self.output_features = False
+        return self.classify_features(inner * 2.0)
+
+
+def test_the_feature_module_is_the_one_whose_output_the_plain_pass_classifies(lenet, images):
+    """LeNet5's relu4: its output is the features, and a hook on it during any pass gives the heads'
+    features of that pass. A network whose plain pass classifies something else has no feature module."""
+    ood = OoDNet(lenet, 10)
+    assert ood.feature_module(images[:2]) == "relu4"
+    with features_of_pass(lenet, "relu4", len(images)) as found:
+        lenet(images)
+    assert len(found) == 1
+    torch.testing.assert_close(found[0], ood.features(images))
+    assert not lenet.output_features, "the check left the flag as it found it"
+    assert OoDNet(seeded(_Rescaled, 10), 10).feature_module(images[:2]) is None

@@ -22,7 +22,7 @@ from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .layer_gradient_x_activation import LayerGradientXActivation
 from .occlusion import Occlusion
-from .ood_net import OoDNet
+from .ood_net import OoDNet, features_of_pass
 from .rise import RISE
 from .rise_plus import RISEPlus
 from .smoothgrad import SmoothGrad
@@ -53,6 +53,7 @@ __all__ = [
     "box_mask",
     "cell_average",
     "explaining",
+    "features_of_pass",
     "is_token_layer",
     "smooth_maps",
     "token_grid",

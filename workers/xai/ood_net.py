@@ -44,6 +44,24 @@ def features_of(network: nn.Module) -> Iterator[nn.Module]:
         network.output_features = before
 
 
+@contextmanager
+def features_of_pass(network: nn.Module, module_name: str, rows: int) -> Iterator[list[Tensor]]:
+    """The (detached) output of ``network``'s module ``module_name`` in the first forward pass of the block
+    over ``rows`` inputs, appended to the list yielded once that pass ran: with the name
+    :meth:`OoDNet.feature_module` found, the features of a pass the caller runs anyway."""
+    found: list[Tensor] = []
+
+    def record(module: nn.Module, args: tuple, output: object) -> None:
+        if not found and isinstance(output, Tensor) and output.dim() == 2 and output.shape[0] == rows:
+            found.append(output.detach())
+
+    handle = network.get_submodule(module_name).register_forward_hook(record)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
 class OoDNet(nn.Module):
     """``OoDNet(underlying, num_classes)(x) -> (N, num_classes)``: ``h / g`` logits in training mode, ``h`` in eval.
 
@@ -98,6 +116,45 @@ class OoDNet(nn.Module):
                 f"when output_features is set, got {shape}"
             )
         return features
+
+    def feature_module(self, sample: Tensor) -> str | None:
+        """The name of the classifier's module whose output, in its plain forward pass, is the features
+        the heads read, so that a pass run anyway (an explanation's) also gives the OoD score, through a
+        forward hook (:func:`features_of_pass`), instead of a pass of its own. None when no module is.
+
+        Checked on ``sample``, outside autograd: the module runs once per pass; with ``output_features``
+        set, its output is the very tensor the classifier returns; and in a plain pass,
+        ``classify_features`` of its output gives the pass's scores (to 1e-5: the same operations on the
+        same values). A classifier without ``classify_features`` has none."""
+        network = self._underlying
+        classify = getattr(network, "classify_features", None)
+        if not callable(classify):
+            return None
+        outputs: dict[str, list[object]] = {}
+
+        def recorder(name: str) -> Callable[[nn.Module, tuple, object], None]:
+            return lambda module, args, output: outputs.setdefault(name, []).append(output)
+
+        handles = [module.register_forward_hook(recorder(name)) for name, module in network.named_modules() if name]
+        try:
+            with explaining(network), torch.no_grad():
+                features = self.features(sample)
+                named = [name for name, seen in outputs.items() if len(seen) == 1 and seen[0] is features]
+                outputs.clear()
+                scores = network(sample)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(scores, Tensor):
+            return None
+        with torch.no_grad():
+            for name in reversed(named):
+                plain = outputs.get(name, [])
+                found = plain[0] if len(plain) == 1 else None
+                same_shape = isinstance(found, Tensor) and found.shape == features.shape
+                if same_shape and torch.allclose(classify(found), scores, rtol=1e-5, atol=1e-5):
+                    return name
+        return None
 
     def cosine(self, features: Tensor) -> Tensor:
         """(N, num_features) -> (N, num_classes): ``h``, the cosine of centred features and class weights."""
