@@ -25,7 +25,7 @@ from typing import Any
 
 from core.contract import TERMINAL_STATES, ErrorInfo, JobResult, JobSpec, JobView
 from core.errors import ErrorCode, ServiceError
-from core.kv import Document, Effect, KeyValue, Transaction
+from core.kv import Admission, Document, Effect, KeyValue, Transaction
 
 _PREFIX = "xai:job:"
 LEASES = "xai:leases"  # sorted set: job id -> lease expiry
@@ -100,24 +100,21 @@ class JobRecords:
         that created it, the only one that sees it (None: no keys). ``quota``: (who, most jobs in flight):
         ServiceError ``too_many_jobs`` when ``who`` has that many jobs not ended. ``queue_cap``: most jobs
         of the model waiting for a worker: ServiceError ``queue_full`` past it. Refused, nothing is kept."""
-        admitted: list[str] = []
-        try:
-            if quota is not None:
-                who, most = quota
-                refusal = ServiceError(
+        admissions: list[Admission] = []
+        refusals: list[ServiceError] = []
+        if quota is not None:
+            who, most = quota
+            admissions.append(Admission(f"{_IN_FLIGHT}{who}", spec.job_id, most, self.ttl_s))
+            refusals.append(
+                ServiceError(
                     ErrorCode.too_many_jobs, f"{most} jobs of this client are queued or running", "Authorization"
                 )
-                self._admit(f"{_IN_FLIGHT}{who}", spec.job_id, most, refusal)
-                admitted.append(f"{_IN_FLIGHT}{who}")
-            if queue_cap is not None:
-                refusal = ServiceError(
-                    ErrorCode.queue_full, f"{queue_cap} jobs of model {spec.model!r} wait already", "model"
-                )
-                self._admit(f"{_WAITING}{spec.model}", spec.job_id, queue_cap, refusal)
-        except ServiceError:
-            for key in admitted:
-                self.kv.index(key, spec.job_id, None)
-            raise
+            )
+        if queue_cap is not None:
+            admissions.append(Admission(f"{_WAITING}{spec.model}", spec.job_id, queue_cap, self.ttl_s))
+            refusals.append(
+                ServiceError(ErrorCode.queue_full, f"{queue_cap} jobs of model {spec.model!r} wait already", "model")
+            )
         record = {
             "job_id": spec.job_id,
             "state": "queued",
@@ -139,7 +136,9 @@ class JobRecords:
             ("put", self._key(spec.job_id), json.dumps(record).encode(), self.ttl_s),
             ("push", f"{_QUEUED}{spec.model}", spec.job_id, self.ttl_s),
         ]
-        self.kv.apply(effects)
+        refused = self.kv.apply_if_admitted(admissions, effects)
+        if refused is not None:
+            raise refusals[refused]
         return _view(record)
 
     def view(self, job_id: str, caller: str | None = None) -> JobView | None:
@@ -172,14 +171,6 @@ class JobRecords:
         if self.kv.transact(self._key(job_id), change, self.ttl_s, effects) is None:
             return None
         return self.view(job_id)
-
-    def _admit(self, key: str, job_id: str, most: int, refusal: ServiceError) -> None:
-        """Put the job in the set ``key`` unless it holds ``most`` already (atomic: a burst past the cap
-        gets exactly its excess refused). Members older than the result TTL (a job whose record expired
-        without an end) no longer count."""
-        now = self.kv.now()
-        if not self.kv.admit(key, job_id, now, most, now - self.ttl_s):
-            raise refusal
 
     # -- the worker's side --
     def spec(self, job_id: str) -> JobSpec | None:

@@ -39,6 +39,17 @@ Change = Callable[[Document | None, float], tuple[Document | None, Outcome]]
 Effects = Callable[[Outcome, Document | None], Sequence[Effect]]
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A place in a bounded set (:meth:`KeyValue.apply_if_admitted`): ``member`` into the sorted set
+    ``key`` while it holds fewer than ``most`` members younger than ``max_age_s``."""
+
+    key: str
+    member: str
+    most: int
+    max_age_s: float
+
+
 @dataclass
 class Transaction(Generic[Outcome]):
     """A change of the JSON document at ``key`` and its effects (:meth:`KeyValue.transact`)."""
@@ -86,9 +97,11 @@ class KeyValue(ABC):
         """Members of the sorted set ``key`` scored at most ``score``."""
 
     @abstractmethod
-    def admit(self, key: str, member: str, score: float, most: int, stale_below: float) -> bool:
-        """Atomically: drop the members of the sorted set ``key`` scored below ``stale_below``; then add
-        ``member`` with ``score`` if fewer than ``most`` remain. Whether it was added."""
+    def apply_if_admitted(self, admissions: Sequence[Admission], effects: Sequence[Effect]) -> int | None:
+        """In one round trip, atomically: admit ``member`` into each admission's sorted set, scored with
+        the store's clock, unless the set holds ``most`` members already (members older than ``max_age_s``
+        no longer count and are dropped); if every admission passed, apply ``effects``. Returns the index
+        of the first admission refused (then nothing is kept), or None."""
 
     @abstractmethod
     def pop(self, key: str, count: int) -> list[str]:

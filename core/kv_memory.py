@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.kv import Effect, KeyValue, Listener, Transaction
+from core.kv import Admission, Effect, KeyValue, Listener, Transaction
 
 
 class MemoryKeyValue(KeyValue):
@@ -108,15 +108,22 @@ class MemoryKeyValue(KeyValue):
         with self._lock:
             return [member for member, value in self._sets.get(key, {}).items() if value <= score]
 
-    def admit(self, key: str, member: str, score: float, most: int, stale_below: float) -> bool:
+    def apply_if_admitted(self, admissions: Sequence[Admission], effects: Sequence[Effect]) -> int | None:
         with self._lock:
-            members = self._sets.setdefault(key, {})
-            for stale in [name for name, value in members.items() if value < stale_below]:
-                del members[stale]
-            if len(members) >= most:
-                return False
-            members[member] = score
-            return True
+            now, added = self.now(), []
+            for index, admission in enumerate(admissions):
+                members = self._sets.setdefault(admission.key, {})
+                for stale in [name for name, score in members.items() if score < now - admission.max_age_s]:
+                    del members[stale]
+                if len(members) >= admission.most:
+                    for key, member in added:
+                        self._sets[key].pop(member, None)
+                    return index
+                members[admission.member] = now
+                added.append((admission.key, admission.member))
+            published = self._apply(effects)
+        self._tell(published)
+        return None
 
     def scan(self, prefix: str) -> dict[str, bytes]:
         with self._lock:

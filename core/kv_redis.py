@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from core.kv import STORE_ERRORS, Effect, KeyValue, Listener, Transaction
+from core.kv import STORE_ERRORS, Admission, Effect, KeyValue, Listener, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,33 @@ return 1
 """
 
 
-# KEYS[1]: a sorted set. ARGV: member, score, most, the score below which members are stale ("(x").
-_ADMIT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
+# ARGV: the number of admissions, then each as its sorted set, member, most and max age in seconds,
+# then each effect as in _COMPARE_AND_SET. Returns 0, or the (1-based) admission refused.
+_ADMIT_THEN_APPLY = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local score = string.format('%.6f', now)
+local count = tonumber(ARGV[1])
+local i = 2
+for a = 1, count do
+  local key, member = ARGV[i], ARGV[i + 1]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.6f', now - tonumber(ARGV[i + 3])))
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then
+    for b = 1, a - 1 do
+      local j = 2 + (b - 1) * 4
+      redis.call('ZREM', ARGV[j], ARGV[j + 1])
+    end
+    return a
+  end
+  redis.call('ZADD', key, score, member)
+  i = i + 4
+end
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 0
 """
 
 
@@ -91,7 +112,7 @@ class RedisKeyValue(KeyValue):
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
         )
         self._compare_and_set = self.client.register_script(_COMPARE_AND_SET)
-        self._admit = self.client.register_script(_ADMIT)
+        self._admit_then_apply = self.client.register_script(_ADMIT_THEN_APPLY)
 
     def now(self) -> float:
         seconds, microseconds = self.client.time()
@@ -151,8 +172,17 @@ class RedisKeyValue(KeyValue):
     def below(self, key: str, score: float) -> list[str]:
         return [member.decode() for member in self.client.zrangebyscore(key, "-inf", score)]
 
-    def admit(self, key: str, member: str, score: float, most: int, stale_below: float) -> bool:
-        return bool(self._admit(keys=[key], args=[member, repr(score), most, f"({stale_below!r}"]))
+    def apply_if_admitted(self, admissions: Sequence[Admission], effects: Sequence[Effect]) -> int | None:
+        """One script: the admissions against the server's clock, then the effects (job creation: the
+        queue's and the client's caps, the spec, pixels and record, in one round trip where it took four)."""
+        args: list[Any] = [len(admissions)]
+        for admission in admissions:
+            args += [admission.key, admission.member, admission.most, repr(float(admission.max_age_s))]
+        for effect in effects:
+            for command in commands(effect):
+                args += [len(command), *command]
+        refused = int(self._admit_then_apply(args=args))
+        return None if refused == 0 else refused - 1
 
     def scan(self, prefix: str) -> dict[str, bytes]:
         keys = list(self.client.scan_iter(match=f"{prefix}*", count=200))

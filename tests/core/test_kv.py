@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from core.kv import KeyValue, Transaction
+from core.kv import Admission, KeyValue, Transaction
 from core.kv_memory import MemoryKeyValue
 from core.kv_redis import RedisKeyValue
 from tests.core.test_jobs import redis_for_records  # noqa: F401 - the fixture
@@ -87,3 +88,29 @@ def test_many_transactions_in_one_pass_each_land_once_under_contention(kv):
     assert final == [50] * 20
     assert all(len(outcomes) == 20 for outcomes in seen)
     assert sorted(outcomes[0] for outcomes in seen) == list(range(1, 51)), "each pass saw its own increment"
+
+
+def test_admissions_and_their_effects_land_together_or_not_at_all(kv):
+    """Each admission takes a place while its set has room; the first one refused keeps nothing: not the
+    places taken before it in the same step, not the effects."""
+    effects = [("put", "doc", b"written", 60)]
+    for member in ("a", "b"):
+        assert (
+            kv.apply_if_admitted([Admission("quota", member, 5, 600), Admission("queue", member, 2, 600)], []) is None
+        )
+    assert kv.apply_if_admitted([Admission("quota", "c", 5, 600), Admission("queue", "c", 2, 600)], effects) == 1
+    assert kv.get("doc") is None, "refused: no effect applied"
+    assert kv.apply_if_admitted([Admission("quota", "c", 2, 600)], effects) == 0
+    assert kv.apply_if_admitted([Admission("quota", "c", 3, 600)], effects) is None, "c's place was given back"
+    assert kv.get("doc") == b"written"
+    assert sorted(kv.below("quota", float("inf"))) == ["a", "b", "c"]
+    assert sorted(kv.below("queue", float("inf"))) == ["a", "b"]
+
+
+def test_members_older_than_their_max_age_give_their_place_up(kv):
+    """A member whose job expired without an end stops counting after max_age_s."""
+    assert kv.apply_if_admitted([Admission("queue", "old", 1, 0.05)], []) is None
+    assert kv.apply_if_admitted([Admission("queue", "new", 1, 600)], []) == 0, "not stale for this caller"
+    time.sleep(0.1)
+    assert kv.apply_if_admitted([Admission("queue", "new", 1, 0.05)], []) is None
+    assert kv.below("queue", float("inf")) == ["new"]
