@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from app.job_messages import JobMessages
 from app.waiting import JobWaiters
 from core.capabilities import Capabilities
 from core.contract import JobSpec, JobView
@@ -169,12 +170,16 @@ class CeleryDispatcher(Dispatcher):
         self._registry = registry
         self._seen: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._lock = threading.Lock()
+        self._messages = JobMessages(self._send, settings.batch_window_ms / 1000, settings.batch_max_images)
 
-    def submit(self, spec: JobSpec) -> None:
+    def _send(self, model: str, job_ids: list[str]) -> None:
         from core.queues import TASK
 
+        self.celery.send_task(TASK, args=job_ids, queue=self._queue_of(model), task_id=job_ids[0])
+
+    def submit(self, spec: JobSpec) -> None:
         try:
-            self.celery.send_task(TASK, args=[spec.job_id], queue=self._queue_of(spec.model), task_id=spec.job_id)
+            self._messages.send(spec)
         except Exception as error:  # the broker is down or refused the message
             with contextlib.suppress(Exception):  # the store may be away with the broker: the record expires
                 self.records.fail(spec.job_id, ErrorCode.unavailable, "the job queue is unreachable")
@@ -219,6 +224,10 @@ class CeleryDispatcher(Dispatcher):
             return {model: int(client.llen(self._queue_of(model))) for model in self._registry.names()}
         except Exception:
             return {}
+
+    def close(self) -> None:
+        self._messages.close()
+        super().close()
 
 
 def _broken(registry: ModelRegistry) -> dict[str, dict[str, Any]]:

@@ -152,6 +152,14 @@ class JobSpec(_Model):
     image_count: int
     image_sizes: list[tuple[int, int]] = Field(description="(width, height) of each decoded image (RGB pixels).")
 
+    def batch_key(self) -> str:
+        """Jobs with the same key can share one pass per method: same model, methods, parameters, seed,
+        spatial options and quality scores (the API groups their messages, the worker their passes)."""
+        calls = ",".join(call.model_dump_json() for call in self.methods)
+        spatial = "" if self.spatial is None else self.spatial.model_dump_json()
+        quality = f"{self.quality}|{self.quality_options.model_dump_json()}" if self.quality else ""
+        return f"{self.model}|{self.seed}|{calls}|{spatial}|{quality}"
+
 
 class Prediction(_Model):
     class_id: int

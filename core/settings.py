@@ -45,7 +45,11 @@ class Settings(BaseSettings):
         16, ge=1, le=1024, description="Images of jobs of one model run together in one batch (1: no batching)."
     )
     batch_window_ms: float = Field(
-        3.0, ge=0, le=1000, description="How long a worker waits for jobs to batch with the one it took."
+        1.0,
+        ge=0,
+        le=1000,
+        description="How long a worker waits for jobs to batch with the one it took; how long the API holds a "
+        "model's next job message after the last one, under load (app/job_messages.py).",
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted image file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (decompression bombs).")

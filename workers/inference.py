@@ -32,14 +32,6 @@ PREDICTIONS = 5  # classes listed per image (more when top_k asks for more)
 Checkpoint = Callable[[float], None]
 
 
-def batch_key(spec: JobSpec) -> str:
-    """Jobs with the same key can share one pass per method: same model, methods, parameters and seed."""
-    calls = ",".join(call.model_dump_json() for call in spec.methods)
-    spatial = "" if spec.spatial is None else spec.spatial.model_dump_json()
-    quality = f"{spec.quality}|{spec.quality_options.model_dump_json()}" if spec.quality else ""
-    return f"{spec.model}|{spec.seed}|{calls}|{spatial}|{quality}"
-
-
 @dataclass
 class Computed:
     """One image of one job: its predictions, OoD score, targets, and per method the (L, H, W) maps."""
@@ -60,7 +52,7 @@ def compute(
     checkpoint: Checkpoint,
     timings: dict[str, float],
 ) -> list[list[Computed]]:
-    """Per job, per image, what :func:`result_of` needs. The specs share :func:`batch_key`."""
+    """Per job, per image, what :func:`result_of` needs. The specs share ``JobSpec.batch_key``."""
     first = specs[0]
     manifest = host.manifest(first.model)
     flat = [photo for job in photos for photo in job]

@@ -31,7 +31,7 @@ from core.jobs import Claim, End, JobRecords, Lease
 from core.kv import STORE_ERRORS
 from core.settings import Settings
 from core.telemetry import Telemetry
-from workers.inference import batch_key, compute, result_of
+from workers.inference import compute, result_of
 from workers.model_host import ModelHost
 from workers.store_access import LeaseKeeper, StoreUnavailable, persist
 
@@ -99,7 +99,10 @@ class JobRunner:
             persist(lambda: self.records.finish(lease, "failed", error=info), f"job {job_id}: write failed")
             return "failed"
         jobs = [Job(lease, spec), *self._gather(spec)]
-        with LeaseKeeper(self.records, [job.lease for job in jobs], self.settings.lease_s) as keeper:
+        with (
+            LeaseKeeper(self.records, [job.lease for job in jobs], self.settings.lease_s) as keeper,
+            self.host.threads(spec.model),
+        ):
             self._attempt(jobs, keeper)
         return jobs[0].outcome or "lease_lost"
 
@@ -125,13 +128,13 @@ class JobRunner:
         budget = self.settings.batch_max_images - spec.image_count
         if budget <= 0:
             return []
-        key, mates = batch_key(spec), []
+        key, mates = spec.batch_key(), []
         deadline = time.monotonic() + self.settings.batch_window_ms / 1000
         while budget > 0:
             others = [job_id for job_id in self.records.queued(spec.model, 16) if job_id != spec.job_id]
             fitting: list[JobSpec] = []
             for other in self.records.specs(others) if others else []:
-                if other is not None and batch_key(other) == key and other.image_count <= budget:
+                if other is not None and other.batch_key() == key and other.image_count <= budget:
                     fitting.append(other)
                     budget -= other.image_count
             settings = self.settings

@@ -43,6 +43,20 @@ SCRIPTED = (
 )
 
 
+PARALLEL_GAIN = 1.3  # a team of threads must run a model's forward pass this much faster than one thread
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for the block, the caller's count put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class ModelHost:
     def __init__(self, registry: ModelRegistry, device: str = "cpu", served: Iterable[str] = ()) -> None:
         self.registry = registry
@@ -56,6 +70,7 @@ class ModelHost:
         self._ood: dict[str, OoDNet | None] = {}
         self._ood_errors: dict[str, str] = {}
         self._ood_features: dict[str, str | None] = {}  # the module whose output the head reads, if any
+        self._one_thread: dict[str, bool] = {}  # its jobs run on one torch thread (``threads``)
         self._capabilities: dict[str, Capabilities] = {}
         self._spatial: dict[str, SpatialScores] = {}
         self._guard = threading.RLock()
@@ -194,7 +209,17 @@ class ModelHost:
         )
 
     def _forward_ms(self, name: str) -> float:
-        """A forward pass of one blank image, median of 5 after a warm-up: what a method's passes cost here."""
+        """A forward pass of one blank image, median of 5 after a warm-up: what a method's passes cost here.
+        On a CPU, timed on one thread too: a network that a team of threads runs less than
+        ``PARALLEL_GAIN`` times faster runs its jobs on one (:meth:`threads`)."""
+        many = self._median_forward_ms(name)
+        if self.device == "cpu" and torch.get_num_threads() > 1:
+            with one_thread():
+                alone = self._median_forward_ms(name)
+            self._one_thread[name] = alone < PARALLEL_GAIN * many
+        return round(many, 3)
+
+    def _median_forward_ms(self, name: str) -> float:
         network, size = self.network(name), self.manifest(name).preprocessing.size
         blank = torch.zeros(1, 3, *size, device=self.device)
         times = []
@@ -203,7 +228,19 @@ class ModelHost:
                 started = time.perf_counter()
                 network(blank)
                 times.append((time.perf_counter() - started) * 1000)
-        return round(sorted(times[1:])[2], 3)
+        return sorted(times[1:])[2]
+
+    @contextmanager
+    def threads(self, name: str) -> Iterator[None]:
+        """For the block: one torch thread for a model too small to split (measured at load), else the
+        caller's. An OpenMP team's idle threads spin after every parallel region: on LeNet-5, two threads ran
+        GradCAM no faster than one (0.60 against 0.64 ms) for twice the CPU, the cores the API and Redis
+        need (docs/benchmarks.md)."""
+        if not self._one_thread.get(name):
+            yield
+            return
+        with one_thread():
+            yield
 
     def _probe(self, name: str) -> tuple[list[str], bool, str | None]:
         """One forward pass on a blank image, recorded: (the layers that give a spatial map once per pass —

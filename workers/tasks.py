@@ -165,11 +165,17 @@ class JobTask(Task):
 
 
 @celery.task(name=TASK, base=JobTask, bind=True)
-def run_job(self: JobTask, job_id: str) -> str:
+def run_job(self: JobTask, job_id: str, *more: str) -> str:
+    """Run the job, and the jobs its message carries beside it (``app/job_messages.py``: jobs of one
+    batch key, which the first one's batch takes; each of them is then answered from the runner's
+    memory of the ends it wrote)."""
     process = worker_process()
     process.loaded.wait()
-    try:
-        return process.runner.run(job_id)
-    except StoreUnavailable as error:
-        log.error("job %s: %s; the message goes back to the queue", job_id, error)
-        raise Reject(str(error), requeue=True) from None
+    outcomes = []
+    for one in (job_id, *more):
+        try:
+            outcomes.append(process.runner.run(one))
+        except StoreUnavailable as error:
+            log.error("job %s: %s; the message goes back to the queue", one, error)
+            raise Reject(str(error), requeue=True) from None
+    return ",".join(outcomes)
