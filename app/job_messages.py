@@ -73,9 +73,10 @@ class JobMessages:
                         waiting.error = RuntimeError("the job messages are closed")
                         waiting.sent.set()
                     return
-                since = time.monotonic() - self._last_sent.get(self._waiting[0].spec.model, float("-inf"))
-                if since < self._window_s:  # under load: let the batch gather
-                    self._ready.wait(self._window_s - since)
+                # Under load (the model's last message went less than the window ago): let the batch gather.
+                deadline = self._last_sent.get(self._waiting[0].spec.model, float("-inf")) + self._window_s
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._ready.wait(left)  # woken by each new job too: wait out the rest
                 taken, self._waiting = self._waiting, []
             for model, group in self._groups(taken):
                 self._deliver(model, group)

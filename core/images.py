@@ -50,7 +50,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
         raise ImageRejected(f"the image cannot be decoded (truncated or corrupt): {_plain(error)}") from None
     try:
-        return to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # in place: the image is ours, and a copy costs
+        return to_rgb(image)
     except (OSError, ValueError) as error:
         raise ImageRejected(f"the image cannot be converted to RGB: {error}") from None
 
