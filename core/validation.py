@@ -144,7 +144,10 @@ def build_spec(
     registry: Manifests,
     capabilities: CapabilitiesOf,
     settings: Settings,
+    job_id: str | None = None,
 ) -> tuple[JobSpec, list[bytes]]:
+    """The request checked into the job's spec (``job_id``: the new job's id, else a fresh one) and the
+    decoded pixels of its images; ServiceError naming the field that is wrong."""
     manifest = manifest_of(registry, options.model)
     check_methods(options.methods, manifest, capabilities)
     pixels, sizes = decode_all(files, settings, manifest)
@@ -171,7 +174,7 @@ def build_spec(
         except ImageRejected as error:
             raise ServiceError(ErrorCode.invalid_image, f"the mask: {error}", "spatial.mask") from None
     spec = JobSpec(
-        job_id=uuid.uuid4().hex,
+        job_id=job_id or uuid.uuid4().hex,
         model=manifest.name,
         methods=options.methods,
         targets=targets,

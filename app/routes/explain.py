@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,7 +15,7 @@ from app.auth import ClientDep
 from app.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.errors import classify
 from app.routes.responses import ERRORS, EXPLAIN_EXAMPLE, request_body
-from core.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobView
+from core.contract import TERMINAL_STATES, ExplainJSON, ExplainOptions, JobSpec, JobView
 from core.errors import ErrorCode, ServiceError
 from core.validation import build_spec
 
@@ -90,9 +91,15 @@ async def create_explanation(
 ) -> JobView:
     """Queue an explanation job: 202 with the job, or 200 with its result if it finished within ``wait``."""
     options, files = await read_body(request, ExplainJSON, ExplainOptions)
-    spec, pixels = await run_in_threadpool(build_spec, options, files, registry, dispatcher.capabilities, settings)
-    with dispatcher.waiters.watching(spec.job_id) as watch:
-        view = await run_in_threadpool(dispatcher.enqueue, spec, pixels, caller.owner, caller.quota)
+    job_id = uuid.uuid4().hex
+
+    def accept() -> tuple[JobSpec, JobView]:
+        """Check, decode, create and send: one hop to a thread for all of it."""
+        spec, pixels = build_spec(options, files, registry, dispatcher.capabilities, settings, job_id)
+        return spec, dispatcher.enqueue(spec, pixels, caller.owner, caller.quota)
+
+    with dispatcher.waiters.watching(job_id) as watch:  # before the job exists: its end cannot slip past
+        spec, view = await run_in_threadpool(accept)
         request.app.state.metrics.jobs.labels(spec.model).inc()
         if wait > 0:
             view = await watch.until_end(min(wait, settings.wait_cap_s), view)
