@@ -17,6 +17,15 @@ from core.kv import STORE_ERRORS, Admission, Effect, KeyValue, Listener, Transac
 
 log = logging.getLogger(__name__)
 
+# The effects from ARGV[i] on, each as its word count followed by the words of its command.
+_RUN_EFFECTS = """
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+"""
+
 # KEYS[1]: the document. ARGV: read? (1/0), the document read, write? (1/0), the new document, its TTL
 # in ms when the key is new, then each effect as its word count followed by the words of its command.
 _COMPARE_AND_SET = """
@@ -34,11 +43,7 @@ if ARGV[3] == '1' then
   end
 end
 local i = 6
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
+""" + _RUN_EFFECTS + """
 return 1
 """
 
@@ -64,11 +69,7 @@ for a = 1, count do
   redis.call('ZADD', key, score, member)
   i = i + 4
 end
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
+""" + _RUN_EFFECTS + """
 return 0
 """
 
