@@ -28,7 +28,8 @@ end
 
 # KEYS[1]: the document. ARGV: read? (1/0), the document read, write? (1/0), the new document, its TTL
 # in ms when the key is new, then each effect as its word count followed by the words of its command.
-_COMPARE_AND_SET = """
+_COMPARE_AND_SET = (
+    """
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
   if current ~= ARGV[2] then return 0 end
@@ -43,14 +44,18 @@ if ARGV[3] == '1' then
   end
 end
 local i = 6
-""" + _RUN_EFFECTS + """
+"""
+    + _RUN_EFFECTS
+    + """
 return 1
 """
+)
 
 
 # ARGV: the number of admissions, then each as its sorted set, member, most and max age in seconds,
 # then each effect as in _COMPARE_AND_SET. Returns 0, or the (1-based) admission refused.
-_ADMIT_THEN_APPLY = """
+_ADMIT_THEN_APPLY = (
+    """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local score = string.format('%.6f', now)
@@ -69,9 +74,12 @@ for a = 1, count do
   redis.call('ZADD', key, score, member)
   i = i + 4
 end
-""" + _RUN_EFFECTS + """
+"""
+    + _RUN_EFFECTS
+    + """
 return 0
 """
+)
 
 
 def _ms(seconds: float) -> int:
