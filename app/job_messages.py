@@ -16,7 +16,6 @@ request waits for its own message and gets the send's error if it failed, as bef
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 
 from core.contract import JobSpec
 
-log = logging.getLogger(__name__)
 Send = Callable[[str, list[str]], None]  # (model, job ids): one message
 
 
@@ -84,16 +82,15 @@ class JobMessages:
     def _groups(self, taken: list[_Waiting]) -> list[tuple[str, list[_Waiting]]]:
         """The jobs taken, by batch key in the order they came, each group within the image budget."""
         groups: list[tuple[str, list[_Waiting]]] = []
-        open_group: dict[str, tuple[list[_Waiting], list[int]]] = {}  # key -> (group, [its images])
+        filling: dict[str, list[_Waiting]] = {}  # batch key -> its group still open
         for waiting in taken:
-            key, images = waiting.spec.batch_key(), waiting.spec.image_count
-            current = open_group.get(key)
-            if current is None or current[1][0] + images > self._max_images:
-                current = ([], [0])
-                open_group[key] = current
-                groups.append((waiting.spec.model, current[0]))
-            current[0].append(waiting)
-            current[1][0] += images
+            key = waiting.spec.batch_key()
+            group = filling.get(key)
+            images = waiting.spec.image_count + sum(mate.spec.image_count for mate in group or [])
+            if group is None or images > self._max_images:
+                group = filling[key] = []
+                groups.append((waiting.spec.model, group))
+            group.append(waiting)
         return groups
 
     def _deliver(self, model: str, group: list[_Waiting]) -> None:

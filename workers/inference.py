@@ -10,8 +10,8 @@ progress between batches (it raises to stop: cancelled, timed out, lease lost).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,14 +169,11 @@ def _lead(specs: list[JobSpec], context: Context) -> Explainer | None:
     return explainer if explainer.first_forward_is_the_inputs else None
 
 
-@contextmanager
-def _features_of_lead(context: Context, rows: int) -> Iterator[list[torch.Tensor]]:
+def _features_of_lead(context: Context, rows: int) -> AbstractContextManager[list[torch.Tensor]]:
     """The OoD head's features from the lead method's first forward pass (nothing without a head)."""
     if context.ood_net is None or context.ood_features is None:
-        yield []
-        return
-    with features_of_pass(context.network, context.ood_features, rows) as features:
-        yield features
+        return nullcontext([])
+    return features_of_pass(context.network, context.ood_features, rows)
 
 
 def _score_features(ood: OoDNet, features: list[torch.Tensor], inputs: torch.Tensor) -> list[float]:

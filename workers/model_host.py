@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -230,17 +230,12 @@ class ModelHost:
                 times.append((time.perf_counter() - started) * 1000)
         return sorted(times[1:])[2]
 
-    @contextmanager
-    def threads(self, name: str) -> Iterator[None]:
+    def threads(self, name: str) -> AbstractContextManager[None]:
         """For the block: one torch thread for a model too small to split (measured at load), else the
         caller's. An OpenMP team's idle threads spin after every parallel region: on LeNet-5, two threads ran
         GradCAM no faster than one (0.60 against 0.64 ms) for twice the CPU, the cores the API and Redis
         need (docs/benchmarks.md)."""
-        if not self._one_thread.get(name):
-            yield
-            return
-        with one_thread():
-            yield
+        return one_thread() if self._one_thread.get(name) else nullcontext()
 
     def _probe(self, name: str) -> tuple[list[str], bool, str | None]:
         """One forward pass on a blank image, recorded: (the layers that give a spatial map once per pass —
