@@ -9,6 +9,7 @@ unavailable, with the reason (:class:`core.capabilities.Capabilities`).
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -43,7 +44,12 @@ SCRIPTED = (
 )
 
 
-PARALLEL_GAIN = 1.3  # a team of threads must run a model's forward pass this much faster than one thread
+# A team of threads must run a small model's forward pass this much faster than one thread. Measured at
+# batch 1, channels_last, 2 cores, medians of rounds: LeNet-5 and the shapes ViT 0.9-1.1x.
+PARALLEL_GAIN = 1.15
+FORWARD_ROUNDS = 5
+ROUND_MS = 10.0  # passes of a round, per side, at least this long (at most 100 passes)
+SMALL_MS = 5.0  # a forward pass on one thread cheaper than this may be too small for a team
 
 
 @contextmanager
@@ -209,26 +215,44 @@ class ModelHost:
         )
 
     def _forward_ms(self, name: str) -> float:
-        """A forward pass of one blank image, median of 5 after a warm-up: what a method's passes cost here.
-        On a CPU, timed on one thread too: a network that a team of threads runs less than
-        ``PARALLEL_GAIN`` times faster runs its jobs on one (:meth:`threads`)."""
-        many = self._median_forward_ms(name)
+        """A forward pass of one blank image, in the layout jobs give it (channels_last): what a method's
+        passes cost here. On a CPU, a network cheaper than ``SMALL_MS`` on one thread is timed on one thread
+        too, in rounds that time both ways back to back (``ROUND_MS`` of passes each, so that a 0.2 ms network
+        is not timed at the clock's grain): if a team of threads runs it less than ``PARALLEL_GAIN`` times
+        faster (the median of the rounds' ratios: a round's two sides see the same neighbours), its jobs run
+        on one thread (:meth:`threads`). A dearer network keeps the team whatever its pass measured: its
+        operations are large enough to split, and a low gain there meant busy cores (EfficientNet-Lite0
+        measured 1.05-1.5x at batch 1 on a shared 2-core machine, 1.7-2.1x at batch 16)."""
+        single = self._forward_times(name, 6)[1:]  # the first pass is a warm-up
         if self.device == "cpu" and torch.get_num_threads() > 1:
-            with one_thread():
-                alone = self._median_forward_ms(name)
-            self._one_thread[name] = alone < PARALLEL_GAIN * many
-        return round(many, 3)
+            self._one_thread[name] = self._team_too_slow(name, min(single))
+        return round(statistics.median(single), 3)
 
-    def _median_forward_ms(self, name: str) -> float:
+    def _team_too_slow(self, name: str, team_ms: float) -> bool:
+        """Whether ``name`` is small and runs less than ``PARALLEL_GAIN`` times faster on the caller's team
+        of threads than on one (:meth:`_forward_ms`)."""
+        with one_thread():
+            if min(self._forward_times(name, 2)[1:]) >= SMALL_MS:  # after one thread's own warm-up
+                return False
+        passes = max(1, min(100, round(ROUND_MS / team_ms)))
+        gains = []
+        for _ in range(FORWARD_ROUNDS):
+            team = sum(self._forward_times(name, passes))
+            with one_thread():
+                gains.append(sum(self._forward_times(name, passes)) / team)
+        return statistics.median(gains) < PARALLEL_GAIN
+
+    def _forward_times(self, name: str, passes: int) -> list[float]:
+        """ms of each of ``passes`` forward passes of a blank image."""
         network, size = self.network(name), self.manifest(name).preprocessing.size
-        blank = torch.zeros(1, 3, *size, device=self.device)
+        blank = torch.zeros(1, 3, *size, device=self.device).contiguous(memory_format=torch.channels_last)
         times = []
         with self.lock(name), torch.inference_mode():
-            for _ in range(6):
+            for _ in range(passes):
                 started = time.perf_counter()
                 network(blank)
                 times.append((time.perf_counter() - started) * 1000)
-        return sorted(times[1:])[2]
+        return times
 
     def threads(self, name: str) -> AbstractContextManager[None]:
         """For the block: one torch thread for a model too small to split (measured at load), else the
