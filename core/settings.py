@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         None,
         ge=1,
         le=256,
-        description="Torch threads of the jobs. Default: the cores, less one in the embedded mode (the API keeps it).",
+        description="Torch threads of the jobs. Default: the cores.",
     )
     max_queued_per_model: int = Field(
         256, ge=1, description="Most jobs of one model waiting for a worker; past it 503 queue_full with Retry-After."
@@ -150,8 +150,7 @@ class Settings(BaseSettings):
         """Torch's intra-op threads for running jobs."""
         if self.torch_threads is not None:
             return self.torch_threads
-        cores = len(os.sched_getaffinity(0))
-        return max(1, cores - 1) if self.embedded else cores
+        return len(os.sched_getaffinity(0))
 
     @property
     def embedded(self) -> bool:
