@@ -109,3 +109,25 @@ def test_a_photo_gets_the_same_map_alone_and_in_a_batch(efficientnet, cat_input)
         together = make(efficientnet)(batch, EGYPTIAN_CAT)
         alone = make(efficientnet)(cat_input, EGYPTIAN_CAT)
         torch.testing.assert_close(alone, together[:1], rtol=1e-5, atol=1e-5 * float(alone.max()))
+
+
+def test_the_served_network_pads_in_its_convolutions_and_computes_what_the_package_does(efficientnet, cat_input):
+    """The stride-1 convolutions pad by themselves (no copy of the activation before each); the stride-2
+    ones keep the package's padding, one more at the end. Same maps: 1e-5 of the largest value covers
+    convolution kernels that may add in another order once the padding is theirs."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    from models.efficientnet_lite0 import pad_in_convolutions
+
+    package = EfficientNet.from_name("efficientnet-lite0").eval()
+    package.load_state_dict(efficientnet.state_dict())
+    assert pad_in_convolutions(EfficientNet.from_name("efficientnet-lite0")) > 0
+    kept = [m for m in efficientnet.modules() if isinstance(m, Conv2dStaticSamePadding) and m.padding == (0, 0)]
+    assert all(m.stride != (1, 1) or m.kernel_size == (1, 1) for m in kept)
+    with torch.inference_mode():
+        expected, found = package(cat_input), efficientnet(cat_input)
+    assert torch.allclose(found, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    target = expected.argmax(dim=1, keepdim=True)
+    ours, theirs = (GradCAM(net, LAYER)(cat_input, target) for net in (efficientnet, package))
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
