@@ -306,9 +306,19 @@ class ModelHost:
         more such threads than cores, every pool's threads stop spinning between operations, and GradCAM on
         EfficientNet-Lite0 in the jobs' thread ran 2.5x slower (40 against 16 ms, 2 cores) for as long as
         the thread that had loaded the models lived (the API's main thread, in the embedded mode)."""
-        loader = threading.Thread(target=self._load_each, name="xai-load-models")
+        raised: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                self._load_each()
+            except BaseException as error:  # what a model's own failure is not: raised on the caller's thread
+                raised.append(error)
+
+        loader = threading.Thread(target=load, name="xai-load-models")
         loader.start()
         loader.join()
+        if raised:
+            raise raised[0]
 
     def _load_each(self) -> None:
         for name in self.wanted:

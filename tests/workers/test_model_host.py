@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import pytest
 import torch
 
 from models.registry import BUNDLED, ModelRegistry
@@ -76,3 +77,21 @@ def test_a_network_too_small_for_a_team_of_threads_runs_its_jobs_on_one():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_models_load_on_a_thread_that_has_ended_when_load_all_returns(monkeypatch):
+    """Its OpenMP pool goes with it (``ModelHost.load_all``); what it raised beyond a model's own failure
+    reaches the caller."""
+    import threading
+
+    seen: list[threading.Thread] = []
+
+    def load_each(self: ModelHost) -> None:
+        seen.append(threading.current_thread())
+        raise RuntimeError("not a model's failure")
+
+    monkeypatch.setattr(ModelHost, "_load_each", load_each)
+    host = ModelHost(ModelRegistry(), "cpu", ["lenet5-shapes"])
+    with pytest.raises(RuntimeError, match="not a model's failure"):
+        host.load_all()
+    assert len(seen) == 1 and seen[0] is not threading.current_thread() and not seen[0].is_alive()
