@@ -43,16 +43,15 @@ def score_maps(
         return found
     keys = [[(method, target) for method in methods for target in mine] for mine in targets]
     stacks = [torch.cat([image[method].float() for method in methods]) for image in maps]  # (M, H, W) each
-    for image, stack in enumerate(stacks):
-        free = {"sparseness": sparseness, "complexity": complexity}
-        values = {name: score(stack).tolist() for name, score in free.items() if name in wanted}
-        for position, key in enumerate(keys[image]):
-            found[image][key] = {name: _value(column[position]) for name, column in values.items()}
+    free = {name: score for name, score in (("sparseness", sparseness), ("complexity", complexity)) if name in wanted}
+    for rows in _same_shape(stacks).values():  # one call per score for the images whose maps stack
+        values = {name: score(torch.stack([stacks[i] for i in rows])).tolist() for name, score in free.items()}
+        for position, image in enumerate(rows):
+            for column, key in enumerate(keys[image]):
+                found[image][key] = {name: _value(scored[position][column]) for name, scored in values.items()}
     if not needs_passes(spec):
         return _finite(found)
-    groups: dict[int, list[int]] = {}
-    for image, stack in enumerate(stacks):
-        groups.setdefault(len(stack), []).append(image)
+    groups = _same_shape(stacks)
     to_probabilities = probabilities(context.probabilities)
     done = 0
     for rows in groups.values():
@@ -82,6 +81,14 @@ def score_maps(
                 for index, key in enumerate(keys[image]):
                     found[image][key][name] = _value(float(column[position, index]))
     return _finite(found)
+
+
+def _same_shape(stacks: list[Tensor]) -> dict[tuple[int, ...], list[int]]:
+    """The images whose stacks of maps have one shape (as many maps, of one size), by that shape."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for image, stack in enumerate(stacks):
+        groups.setdefault(tuple(stack.shape), []).append(image)
+    return groups
 
 
 def reference_images(inputs: Tensor, kind: str, blur: float) -> Tensor:

@@ -7,6 +7,8 @@ Tolerances are 1e-6: the arithmetic is a handful of float32 sums.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -51,6 +53,42 @@ def test_complexity_is_the_entropy_over_its_largest_value():
     assert complexity(torch.tensor([[1.0, -1.0], [0.0, 0.0]])).item() == pytest.approx(0.5)  # log 2 / log 4
     assert complexity(torch.full((4, 4), 0.3)).item() == pytest.approx(1.0)
     assert complexity(torch.zeros(2, 2)).item() == 1.0
+
+
+def test_free_scores_of_many_maps_follow_their_definitions():
+    """Batches go through numpy on a CPU, in parts on several threads: every map is scored as the definitions
+    say (the Gini index as the mean absolute difference, the entropy of the shares in float64), and its score
+    does not depend on which part it fell in. 1e-6: the scores are float32, their sums float64."""
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.randn(7, 3, 12, 10, generator=generator)
+    maps[2, 1] = 0.0
+    maps[4, 0] = 0.0
+    maps[4, 0, 5, 5] = -2.0
+    flat = maps.abs().flatten(-2).double().reshape(-1, 120)
+    mean_difference = (flat[:, :, None] - flat[:, None, :]).abs().sum((1, 2)) / (2 * 120 * flat.sum(1))
+    gini = torch.where(flat.sum(1) > 0, mean_difference, torch.zeros(21, dtype=torch.float64)).reshape(7, 3)
+    shares = [row[row > 0] / row.sum() for row in flat]
+    entropies = [-(p * p.log()).sum().item() / math.log(120) if len(p) else 1.0 for p in shares]
+    expected = torch.tensor(entropies, dtype=torch.float64).reshape(7, 3)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert sparseness(maps).shape == (7, 3)
+            assert torch.allclose(sparseness(maps).double(), gini, atol=1e-6)
+            assert torch.allclose(complexity(maps).double(), expected, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)
+    assert sparseness(maps[4, 0]).item() == pytest.approx(119 / 120)
+    assert complexity(maps[2, 1]).item() == 1.0
+
+
+def test_free_scores_off_numpy_agree_with_numpy():
+    """A map numpy does not take (half precision here, a GPU's in service) goes through torch's operations:
+    the same scores, to float32's rounding of the same values (1e-6)."""
+    maps = torch.rand(4, 2, 16, 16, generator=torch.Generator().manual_seed(5)).half()
+    assert torch.allclose(sparseness(maps), sparseness(maps.float()), atol=1e-6)
+    assert torch.allclose(complexity(maps), complexity(maps.float()), atol=1e-6)
 
 
 def test_ranks_put_the_largest_value_first_and_break_ties_in_a_fixed_random_order():
