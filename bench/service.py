@@ -106,10 +106,10 @@ def kernel(models: list[str], seconds: float) -> dict[str, Any]:
 
     from bench.timing import machine
     from core.images import decode_image
-    from models.preprocessing import preprocess
     from models.registry import ModelRegistry
     from workers.methods import Context
     from workers.model_host import ModelHost
+    from workers.network_inputs import network_inputs
 
     registry = ModelRegistry()
     host = ModelHost(registry, "cpu")
@@ -119,8 +119,7 @@ def kernel(models: list[str], seconds: float) -> dict[str, Any]:
         network = host.network(name)
         data, what = image_file(name)
         photo = decode_image(data, max_bytes=len(data), max_pixels=10**9)
-        x = torch.from_numpy(preprocess(photo, manifest.preprocessing)).unsqueeze(0)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = network_inputs([photo], manifest.preprocessing)  # channels_last, as the worker gives it
         with torch.inference_mode():
             targets = network(x).argmax(dim=1, keepdim=True)  # (1, 1): the top class, as the job explains it
         samples = timed_runs(gradcam_run(Context(network, manifest.gradcam_layer), x, targets), seconds)

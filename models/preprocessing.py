@@ -61,18 +61,27 @@ def crop_box(photo_size: tuple[int, int], spec: Preprocessing) -> Box:
     return round(left), round(top), round(left + crop_w), round(top + crop_h)
 
 
-def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """(3, H, W) float32, normalised, in the manifest's channel order."""
+def network_pixels(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """(H, W, 3) uint8: the photo as the network sees it before normalisation (cropped and resized, in the
+    manifest's channel order)."""
     photo = to_rgb(image)
     out_h, out_w = spec.size
     seen = photo.crop(crop_box(photo.size, spec)) if spec.resize == "center_crop" else photo
-    pixels = np.asarray(seen.resize((out_w, out_h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    if spec.channel_order == "BGR":
-        pixels = pixels[..., ::-1]
+    pixels = np.asarray(seen.resize((out_w, out_h), Image.Resampling.BILINEAR))
+    return pixels[..., ::-1] if spec.channel_order == "BGR" else pixels
+
+
+def channel_statistics(spec: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """The manifest's (mean, std) as float32, in its channel order."""
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    if spec.channel_order == "BGR":
-        mean, std = mean[::-1], std[::-1]
+    return (mean[::-1], std[::-1]) if spec.channel_order == "BGR" else (mean, std)
+
+
+def preprocess(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """(3, H, W) float32, normalised, in the manifest's channel order."""
+    pixels = network_pixels(image, spec).astype(np.float32) / 255.0
+    mean, std = channel_statistics(spec)
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
 
 

@@ -23,19 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from core.methods import METHODS, MethodCallBase, call
 from core.quality import SCORES, QualityOptions
-from models.preprocessing import preprocess, to_rgb
+from models.preprocessing import to_rgb
 from models.shapes import generate
 from models.train_shapes import TEST_SEED
 from workers.commands import add_model_arguments, clear_bar, draw_bar, load_model, method_calls
 from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
+from workers.network_inputs import network_inputs
 from workers.quality import references_for
 from workers.xai import Explainer
 from workers.xai.quality import (
@@ -96,8 +96,7 @@ def sample_photos(host: ModelHost, model: str) -> Images:
 
 def _inputs(photos: list[Image.Image], host: ModelHost, model: str) -> Tensor:
     """(N, 3, H, W) network inputs of RGB photos, as the model's manifest preprocesses them."""
-    preprocessing = host.manifest(model).preprocessing
-    return torch.from_numpy(np.stack([preprocess(photo, preprocessing) for photo in photos]))
+    return network_inputs(photos, host.manifest(model).preprocessing)
 
 
 MapsOf = Callable[[Context, Tensor, Tensor], Tensor]  # (context, inputs (N, C, H, W), targets (N, L)) -> maps

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 
 from core.contract import ImageResult, JobResult, JobSpec, MapResult, Prediction
 from core.errors import ErrorCode, ServiceError
 from core.methods import MethodCallBase
-from models.preprocessing import preprocess
 from workers.methods import Context, build_explainer, explain, probabilities
 from workers.model_host import ModelHost
+from workers.network_inputs import network_inputs
 from workers.quality import MapScores, needs_passes, score_maps
 from workers.rendering import PutMap, map_result
 from workers.xai import Explainer, OoDNet, TopTargets, features_of_pass
@@ -56,8 +55,7 @@ def compute(
     first = specs[0]
     manifest = host.manifest(first.model)
     flat = [photo for job in photos for photo in job]
-    inputs = torch.from_numpy(np.stack([preprocess(photo, manifest.preprocessing) for photo in flat]))
-    inputs = inputs.to(host.device).contiguous(memory_format=torch.channels_last)
+    inputs = network_inputs(flat, manifest.preprocessing, host.device)
     capabilities = host.capabilities(first.model)
     for index, call in enumerate(first.methods):  # the API checked this too, if it knew the model by then
         capabilities.refuse_unavailable(call.name, first.model, index)
