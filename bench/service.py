@@ -20,8 +20,10 @@ In one run:
 Per mode: embedded (``xai serve`` without ``XAI_REDIS_URL``: jobs in the API process) and Celery
 (a redis-server on a free port, one ``xai worker``, the API with ``XAI_REDIS_URL``). The modes run
 one after another, each with only its own processes up; every process started is stopped at the end.
-The kernel is measured before and after the service runs; the service is compared with the better
-of the two. Torch's threads are its default on every side (the header says how many); set
+The kernel is measured before the first mode and after each mode's service stopped (with the OoD
+score's cost the first time only); each mode's rows are compared with the better of the two measured
+beside it, minutes apart (the machine's speed drifts by a third within an hour, and a whole run's best
+kernel, also printed, can come from another phase of it). Torch's threads are its default on every side (the header says how many); set
 ``OMP_NUM_THREADS`` in the environment to change them on all sides at once (the service processes
 inherit it). On a loaded machine a 2-thread kernel can run many times slower than a 1-thread one.
 Images: scikit-image's photo of a cat (``chelsea``) resized to 224x224 as a JPEG for
@@ -100,8 +102,9 @@ HEADERS = {"content-type": "application/json"}
 # --- the kernel (in a child process with the tuned allocator) --------------------------------------
 
 
-def kernel(models: list[str], seconds: float) -> dict[str, Any]:
-    """GradCAM at batch 1 per model, as the worker runs it; repeated for ``seconds`` (at least 10 runs)."""
+def kernel(models: list[str], seconds: float, ood: bool = True) -> dict[str, Any]:
+    """GradCAM at batch 1 per model, as the worker runs it; repeated for ``seconds`` (at least 10 runs). With
+    ``ood``, the OoD score's cost too."""
     import torch
 
     from bench.timing import machine
@@ -129,7 +132,7 @@ def kernel(models: list[str], seconds: float) -> dict[str, Any]:
             "median_ms": statistics.median(samples) * 1000,
             "rate": len(samples) / sum(samples),
             "runs": len(samples),
-            "ood": ood_cost(host, name, x, seconds),
+            "ood": ood_cost(host, name, x, seconds) if ood else {},
         }
     return {"allocator": allocator_setting(), "machine": machine(), "models": found}
 
@@ -233,10 +236,10 @@ def timed_runs(run: Callable[[], object], seconds: float, warmup: int = 3, least
     return samples
 
 
-def kernel_in_child(models: list[str], seconds: float) -> dict[str, Any]:
+def kernel_in_child(models: list[str], seconds: float, ood: bool = True) -> dict[str, Any]:
     """``kernel`` in a fresh process started with the allocator setting the service processes get."""
     command = [sys.executable, "-m", "bench.service", "--kernel-only", "--models", ",".join(models)]
-    command += ["--kernel-seconds", str(seconds)]
+    command += ["--kernel-seconds", str(seconds), *([] if ood else ["--no-ood"])]
     done = subprocess.run(
         command, env={**os.environ, **ALLOCATOR}, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
@@ -519,6 +522,15 @@ class Row:
     single: Single
     load: Load
     clients: int
+    beside: list[dict[str, Any]] = field(default_factory=list)  # the kernel just before and after its mode ran
+
+    def kernel(self) -> dict[str, float]:
+        """The kernel this row is compared with: the better of the two measured beside its mode, minutes apart
+        rather than the whole run (the machine's speed drifts by a third within an hour)."""
+        return {
+            "median_ms": min(run["median_ms"] for run in self.beside),
+            "rate": max(run["rate"] for run in self.beside),
+        }
 
 
 def reference(measured: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -535,11 +547,11 @@ def reference(measured: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]], rows: list[Row], args: Any) -> None:
     kernels = reference(measured)
-    when = ["before", "after"][: len(measured)]
+    when = ["before", *(f"after {mode}" for mode in args.modes)][: len(measured)]
     print("\n### Kernel: GradCAM, batch 1, channels_last, in a process of its own\n")
     print(
-        f"Measured {' and '.join(when)} the service runs ({args.kernel_seconds:g} s each); the service is "
-        "compared with the better of them (`ref`).\n"
+        f"Measured before the services run and after each mode's ({args.kernel_seconds:g} s each); `ref` is the "
+        "best of them, the run's best kernel.\n"
     )
     print(
         "| model | image | layer | "
@@ -555,9 +567,24 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
             f"| {name} | {first['image']} | {first['layer']} | {cells} | {ref['median_ms']:.1f} | {ref['rate']:.1f} |"
         )
 
+    print("\n### The kernel beside each mode\n")
+    print(
+        "Measured just before a mode's service started and just after it stopped (the measurement between two "
+        "modes serves both; a kernel run while a service is up, even idle, slowed that service's next jobs by "
+        "up to a half); each row below is compared with the better of its mode's two (`ref`), the run's best "
+        "kernel above being minutes away on a machine whose speed drifts.\n"
+    )
+    print("| mode | model | median ms before | rate /s before | median ms after | rate /s after | ref ms | ref /s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        cells = " | ".join(f"{run['median_ms']:.1f} | {run['rate']:.1f}" for run in row.beside)
+        ref = row.kernel()
+        print(f"| {row.mode} | {row.model} | {cells} | {ref['median_ms']:.1f} | {ref['rate']:.1f} |")
+
     print(f"\n### One client: `POST {PATH}`, {args.requests} sequential requests after {args.warmup} warm-up\n")
     print(
-        "Overhead: the p50 latency minus the kernel's median. The job's own timings (medians): `predict` "
+        "Overhead: the p50 latency minus the kernel's median (the row's `ref`). The job's own timings (medians): "
+        "`predict` "
         "(the forward pass for the top-5, with the OoD score where the model has a head), `gradcam` "
         "(the explainer), `queued` (created to started), `run` (started to finished: also rendering the PNG).\n"
     )
@@ -569,7 +596,7 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
     for row in rows:
         p50 = statistics.median(row.single.latencies_ms)
         p95 = percentile(row.single.latencies_ms, 95)
-        kernel_ms = kernels[row.model]["median_ms"]
+        kernel_ms = row.kernel()["median_ms"]
         overhead = p50 - kernel_ms
         target = OVERHEAD_TARGET_MS.get(row.model)
         goal = "—" if target is None else f"<= {target:.0f}"
@@ -584,13 +611,13 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
     clients = rows[0].clients if rows else args.clients
     print(f"\n### Throughput: {clients} concurrent clients, {args.seconds:g} s each, the same request\n")
     print(
-        "| mode | model | jobs | s | jobs/s | kernel batch-1 /s | ratio | target | met | p50 ms | p95 ms "
-        "| client CPU ms/request | not 200 + succeeded |"
+        "| mode | model | jobs | s | jobs/s | kernel batch-1 /s | ratio | target | met "
+        "| ratio to the run's best kernel | p50 ms | p95 ms | client CPU ms/request | not 200 + succeeded |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
         rate = row.load.jobs / row.load.seconds
-        kernel_rate = kernels[row.model]["rate"]
+        kernel_rate = row.kernel()["rate"]
         ratio = rate / kernel_rate
         target = RATE_TARGET.get(row.model)
         goal = "—" if target is None else f">= {target:g}x"
@@ -602,7 +629,8 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
         others = f"{other}" + (f" ({dict(row.load.other)})" if other else "")
         print(
             f"| {row.mode} | {row.model} | {row.load.jobs} | {row.load.seconds:.1f} | {rate:.1f} | {kernel_rate:.1f} "
-            f"| {ratio:.3f} | {goal} | {met} | {p50} | {p95} | {row.load.client_cpu_ms:.2f} | {others} |"
+            f"| {ratio:.3f} | {goal} | {met} | {rate / kernels[row.model]['rate']:.3f} | {p50} | {p95} "
+            f"| {row.load.client_cpu_ms:.2f} | {others} |"
         )
 
     with_head = {name: found["ood"] for name, found in measured[0]["models"].items() if found.get("ood")}
@@ -677,6 +705,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 requests, 5 s of load, 1 s of kernel")
     parser.add_argument("--logs", type=Path, help="keep the service processes' logs here (default: a temp dir)")
     parser.add_argument("--kernel-only", action="store_true", help="measure the kernel in this process; print JSON")
+    parser.add_argument("--no-ood", action="store_true", help="with --kernel-only: leave out the OoD score's cost")
     args = parser.parse_args(argv)
     defaults = {"requests": (30, 8), "warmup": (3, 2), "seconds": (20.0, 5.0), "kernel_seconds": (5.0, 1.0)}
     for name, (full, quick) in defaults.items():
@@ -690,7 +719,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.kernel_only:
-        print(json.dumps(kernel(args.models, args.kernel_seconds)))
+        print(json.dumps(kernel(args.models, args.kernel_seconds, ood=not args.no_ood)))
         return
 
     # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C: the finally blocks stop the processes started.
@@ -712,14 +741,18 @@ def main(argv: list[str] | None = None) -> None:
                 note(f"{mode}: starting the service")
                 with running(mode, tmp) as service:
                     allocators[mode] = service.allocators
+                    ran = []
                     for model in args.models:
                         note(f"{mode} {model}: one client, {args.requests} requests")
                         single = single_client(service.base, bodies[model], args.warmup, args.requests)
                         note(f"{mode} {model}: {args.clients} clients, {args.seconds:g} s")
                         loaded = load(service.base, bodies[model], args.clients, args.seconds, service.pids)
-                        rows.append(Row(mode, model, single, loaded, args.clients))
-            note("kernel again, after the service runs")
-            measured.append(kernel_in_child(args.models, args.kernel_seconds))
+                        ran.append(Row(mode, model, single, loaded, args.clients))
+                note(f"kernel again, after the {mode} service stopped")
+                measured.append(kernel_in_child(args.models, args.kernel_seconds, ood=False))
+                for row in ran:
+                    row.beside = [run["models"][row.model] for run in measured[-2:]]
+                rows.extend(ran)
         finally:
             if rows:  # what was measured, even when a later mode failed
                 report(measured, allocators, rows, args)
