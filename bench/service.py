@@ -23,10 +23,10 @@ one after another, each with only its own processes up; every process started is
 The kernel is measured before the first mode and after each mode's service stopped (with the OoD
 score's cost the first time only); each mode's rows are compared with the better of the two measured
 beside it, minutes apart (the machine's speed drifts by a third within an hour, and a whole run's best
-kernel, also printed, can come from another phase of it). Torch's threads are its default on every side (the header says how many); set
-``OMP_NUM_THREADS`` in the environment to change them on all sides at once (the service processes
-inherit it). On a loaded machine a 2-thread kernel can run many times slower than a 1-thread one.
-Images: scikit-image's photo of a cat (``chelsea``) resized to 224x224 as a JPEG for
+kernel, also printed, can come from another phase of it). Torch's threads are its default on every
+side (the header says how many); set ``OMP_NUM_THREADS`` in the environment to change them on all sides
+at once (the service processes inherit it). On a loaded machine a 2-thread kernel can run many times
+slower than a 1-thread one. Images: scikit-image's photo of a cat (``chelsea``) resized to 224x224 as a JPEG for
 efficientnet-lite0; a 32x32 PNG of ``models.shapes`` for lenet5-shapes.
 """
 
