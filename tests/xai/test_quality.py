@@ -8,6 +8,8 @@ Tolerances are 1e-6: the arithmetic is a handful of float32 sums.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import multiprocessing.queues
 
 import pytest
 import torch
@@ -81,6 +83,32 @@ def test_free_scores_of_many_maps_follow_their_definitions():
         torch.set_num_threads(before)
     assert sparseness(maps[4, 0]).item() == pytest.approx(119 / 120)
     assert complexity(maps[2, 1]).item() == 1.0
+
+
+def _score_in_child(maps: torch.Tensor, expected: list[float], done: multiprocessing.queues.Queue) -> None:
+    torch.set_num_threads(2)
+    done.put(torch.allclose(sparseness(maps), torch.tensor(expected), atol=1e-6))
+
+
+def test_free_scores_run_in_a_forked_child_of_a_process_that_scored_in_parts():
+    """The helper threads are made again in a child forked after the parent used them: the parent's pool
+    has no threads there, and a task given to it would never run."""
+    maps = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        expected = sparseness(maps).tolist()  # in two parts: the pool exists now
+    finally:
+        torch.set_num_threads(before)
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    child = context.Process(target=_score_in_child, args=(maps, expected, done))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the child did not finish scoring"
+    assert done.get(timeout=5) is True
 
 
 def test_free_scores_off_numpy_agree_with_numpy():

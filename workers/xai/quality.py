@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -95,25 +96,31 @@ def _entropy_rows(values: np.ndarray) -> np.ndarray:
     return np.where(total[:, 0] > 0, entropy, 1.0)
 
 
-_scorers: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its size
+_scorers: tuple[ThreadPoolExecutor, int, int] | None = None  # the pool, its size, the process that made it
 _scorers_lock = threading.Lock()
+
+
+def _scoring_pool(parts: int) -> ThreadPoolExecutor:
+    """The helper threads, at least ``parts`` of them; made again in a forked child, where the parent's
+    threads do not exist (a submit there would wait for ever)."""
+    global _scorers
+    with _scorers_lock:
+        if _scorers is None or _scorers[1] < parts or _scorers[2] != os.getpid():
+            if _scorers is not None and _scorers[2] == os.getpid():
+                _scorers[0].shutdown(wait=False)
+            _scorers = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="xai-scores"), parts, os.getpid()
+        return _scorers[0]
 
 
 def _by_rows(maps: Tensor, score: Callable[[np.ndarray], np.ndarray]) -> Tensor:
     """``score`` of each (H, W) map's absolute values as rows, in up to ``torch.get_num_threads()`` parts at
     once; the result in the maps' leading shape, float32 like the torch path's."""
-    global _scorers
     values = np.abs(maps.detach().contiguous().numpy().reshape(-1, maps.shape[-2] * maps.shape[-1]))
     parts = min(len(values), torch.get_num_threads())
     if parts < 2:
         found = score(values)
     else:
-        with _scorers_lock:
-            if _scorers is None or _scorers[1] < parts:
-                if _scorers is not None:
-                    _scorers[0].shutdown(wait=False)
-                _scorers = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="xai-scores"), parts
-            pool = _scorers[0]
+        pool = _scoring_pool(parts)
         running = [pool.submit(score, chunk) for chunk in np.array_split(values, parts)]  # views: sorted in place
         found = np.concatenate([done.result() for done in running])
     return torch.from_numpy(found.reshape(maps.shape[:-2])).float()
