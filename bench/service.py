@@ -15,7 +15,9 @@ In one run:
    PNG), N sequential requests after a few warm-up ones; p50 and p95 latency, and the overhead over
    the kernel (p50 minus the kernel's median), with the job's own timings for where the time went.
 3. Throughput: 16 concurrent asyncio clients (httpx) for a bounded time doing the same request;
-   jobs/s against the kernel's batch-1 rate, and every answer that was not a 200 with a succeeded job.
+   jobs/s against the kernel's batch-1 rate, and every answer that was not a 200 with a succeeded job;
+   the worker's batches as the answers tell them (a batch's jobs share its timings): how many jobs each
+   ran, and what its GradCAM and its scores cost per job.
 
 Per mode: embedded (``xai serve`` without ``XAI_REDIS_URL``: jobs in the API process) and Celery
 (a redis-server on a free port, one ``xai worker``, the API with ``XAI_REDIS_URL``). The modes run
@@ -398,6 +400,17 @@ class Load:
     other: Counter  # answers that were not a 200 with a succeeded job
     client_cpu_ms: float = 0.0  # the load generator's own CPU per answer
     process_cpu_ms: dict[str, float] = field(default_factory=dict)  # per service process, CPU per answer
+    batches: Counter = field(default_factory=Counter)  # a batch's shared ``timings_ms`` -> its jobs answered
+
+    def batch_sizes(self) -> Counter:
+        """How many batches ran with each number of jobs (the jobs of a batch share one ``timings_ms``)."""
+        return Counter(self.batches.values())
+
+    def per_job_ms(self, size: int, timing: str) -> float | None:
+        """The median over the batches of ``size`` jobs of their ``timing`` divided by ``size``."""
+        found = [dict(key).get(timing) for key, jobs in self.batches.items() if jobs == size]
+        values = [value / size for value in found if value is not None]
+        return statistics.median(values) if values else None
 
 
 class Connection:
@@ -462,10 +475,11 @@ async def _load(base: str, body: bytes, clients: int, seconds: float) -> Load:
                 continue
             if status != 200:
                 found.other[f"http {status}"] += 1
-            elif (state := json.loads(answer)["state"]) != "succeeded":
+            elif (state := (answered := json.loads(answer))["state"]) != "succeeded":
                 found.other[f"200 {state}"] += 1
             else:
                 found.jobs += 1
+                found.batches[tuple(sorted(answered.get("timings_ms", {}).items()))] += 1
                 found.latencies_ms.append((time.perf_counter() - start) * 1000)
 
     try:
@@ -632,6 +646,28 @@ def report(measured: list[dict[str, Any]], allocators: dict[str, dict[str, str]]
             f"| {ratio:.3f} | {goal} | {met} | {rate / kernels[row.model]['rate']:.3f} | {p50} | {p95} "
             f"| {row.load.client_cpu_ms:.2f} | {others} |"
         )
+
+    print(f"\n### The worker's batches under {clients} clients\n")
+    print(
+        "From the answers: the jobs of one batch share its timings. For the batches of the largest size seen, "
+        "the `gradcam` (the explainer's pass, which also gives the prediction) and `quality` (the scores) each "
+        "took, divided by its jobs (one image each).\n"
+    )
+    print(
+        "| mode | model | batches | jobs per batch (mean) | largest | batches of it "
+        "| gradcam ms / job | quality ms / job |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        sizes = row.load.batch_sizes()
+        if not sizes:
+            continue
+        largest = max(sizes)
+        mean = sum(size * count for size, count in sizes.items()) / sum(sizes.values())
+        cells = [row.load.per_job_ms(largest, timing) for timing in ("gradcam", "quality")]
+        shown = " | ".join("—" if cell is None else f"{cell:.2f}" for cell in cells)
+        counts = f"{sum(sizes.values())} | {mean:.1f} | {largest} | {sizes[largest]}"
+        print(f"| {row.mode} | {row.model} | {counts} | {shown} |")
 
     with_head = {name: found["ood"] for name, found in measured[0]["models"].items() if found.get("ood")}
     if with_head:
