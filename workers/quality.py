@@ -43,15 +43,15 @@ def score_maps(
         return found
     keys = [[(method, target) for method in methods for target in mine] for mine in targets]
     stacks = [torch.cat([image[method].float() for method in methods]) for image in maps]  # (M, H, W) each
+    groups = _same_shape(stacks)
     free = {name: score for name, score in (("sparseness", sparseness), ("complexity", complexity)) if name in wanted}
-    for rows in _same_shape(stacks).values():  # one call per score for the images whose maps stack
+    for rows in groups.values():  # one call per score for the images whose maps stack
         values = {name: score(torch.stack([stacks[i] for i in rows])).tolist() for name, score in free.items()}
         for position, image in enumerate(rows):
             for column, key in enumerate(keys[image]):
                 found[image][key] = {name: _value(scored[position][column]) for name, scored in values.items()}
     if not needs_passes(spec):
         return _finite(found)
-    groups = _same_shape(stacks)
     to_probabilities = probabilities(context.probabilities)
     done = 0
     for rows in groups.values():
