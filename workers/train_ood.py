@@ -26,6 +26,7 @@ from models.manifest import Manifest
 from models.preprocessing import preprocess
 from models.registry import ModelRegistry
 from models.shapes import UNSEEN, generate
+from workers.network_inputs import network_inputs
 from workers.xai import OoDNet
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -70,7 +71,7 @@ def uniform_noise(count: int, manifest: Manifest, seed: int = OOD_SEED) -> torch
     rng = np.random.default_rng(seed)
     height, width = manifest.preprocessing.size
     pixels = rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-    return torch.from_numpy(np.stack([preprocess(image, manifest.preprocessing) for image in pixels]))
+    return network_inputs(list(pixels), manifest.preprocessing)
 
 
 def main(argv: list[str] | None = None) -> None:
