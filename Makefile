@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 # glibc returns large freed blocks to the OS after every pass unless told not to (docs/benchmarks.md).
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
+export MALLOC_ARENA_MAX := 1
 
 .PHONY: install run maps openapi test lint bench
 

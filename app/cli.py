@@ -21,8 +21,10 @@ from pathlib import Path
 from core.settings import Settings, get_settings
 
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
-# glibc hands large freed blocks back to the OS after every pass unless told otherwise (DESIGN, "Speed").
-ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+# glibc hands large freed blocks back to the OS after every pass unless told otherwise (DESIGN, "Speed"),
+# and a thread other than the main one allocates from an arena of its own, where those two settings do not
+# hold: one arena for every thread (docs/architecture.md, "Torch threads of the jobs").
+ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_ARENA_MAX": "1"}
 
 
 def openapi_text() -> str:

@@ -1,18 +1,21 @@
-"""How a job gets to a worker: Celery over Redis, or an in-process pool (the embedded default).
+"""How a job gets to a worker: Celery over Redis, or a job process of the API's own (the embedded default).
 
-Both run the same runner (``workers.job_runner.JobRunner``); only the transport differs. The API
-talks to a :class:`Dispatcher` and never imports ``workers``, except the embedded dispatcher's
-lazy import of the job runner, in that mode only (the import-linter contract in pyproject.toml
-names this one exception).
+Both run the same runner (``workers.job_runner.JobRunner``) in a process of its own; only the
+transport differs. The API talks to a :class:`Dispatcher` and never imports ``workers``: the embedded
+mode starts its job process as a program (``python -m workers.job_process``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import subprocess
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from typing import Any
 
 from app.job_messages import JobMessages
@@ -24,11 +27,14 @@ from core.jobs import JobRecords
 from core.kv import KeyValue
 from core.kv_memory import MemoryKeyValue
 from core.kv_redis import RedisKeyValue
+from core.kv_shared import StoreServer
 from core.settings import Settings
 from core.telemetry import Telemetry, load_errors, serving
 from models.registry import ModelRegistry
 
+log = logging.getLogger(__name__)
 WORKERS_CACHE_S = 1.0  # how long the API trusts its last read of the heartbeats
+JOB_CHANNEL = "jobs"  # the job process's channel names itself so (workers/job_process.py: CHANNEL_ROLE)
 
 
 class Dispatcher(ABC):
@@ -99,63 +105,119 @@ class Dispatcher(ABC):
 
 
 class EmbeddedDispatcher(Dispatcher):
-    """A small bounded thread pool in the API process; jobs beyond its queue get 503."""
+    """Jobs in a process of the API's own (``workers/job_process.py``, started as a program: the API
+    imports no torch), over the API's in-memory store lent on a Unix socket (``core/kv_shared.py``).
+    Jobs beyond ``embedded_queue`` get 503. A job process that dies is started again and given the
+    jobs it had not finished; those it was running come back when their leases expire (its sweeper)."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
-        from workers.job_runner import JobRunner  # the one import of workers by the API
-        from workers.model_host import ModelHost
-
-        self._open(MemoryKeyValue(), settings)
-        self.host = ModelHost(registry, settings.device)
-        self.host.load_all()
-        for name in self.host.served:
-            self.telemetry.put_capabilities(name, self.host.capabilities(name))
-        self.runner = JobRunner(self.records, self.telemetry, self.host, settings, owner="embedded")
-        self._pool = ThreadPoolExecutor(
-            settings.embedded_workers, thread_name_prefix="xai-job", initializer=self.runner.enter_thread
-        )
+        store = MemoryKeyValue()
+        self._open(store, settings)
+        self.registry = registry
         self._slots = threading.BoundedSemaphore(settings.embedded_queue)
-        self._waiting = 0
-        self._count_lock = threading.Lock()
+        self._lock = threading.Lock()  # the channel, the outstanding jobs, the process
+        self._outstanding: dict[str, None] = {}  # sent, not yet done: in order, for a new process
+        self._channel: Connection | None = None
+        self._loaded = threading.Event()
+        self._served: list[str] = []
+        self._failed: dict[str, str] = {}
+        self._closing = False
+        self._server = StoreServer(store, self._channel_opened)
+        self._process = self._start()
+        while not self._loaded.wait(0.5):
+            if self._process.poll() is not None:
+                self._server.close()
+                raise RuntimeError(f"the job process exited with {self._process.returncode} while loading the models")
+
+    def _start(self) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "workers.job_process"], stdin=subprocess.PIPE)
+        given = {
+            "address": self._server.address,
+            "authkey": self._server.authkey.hex(),
+            "settings": self.settings.model_dump(mode="json"),
+        }
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(given).encode())
+        process.stdin.close()
+        return process
+
+    def _channel_opened(self, role: str, channel: Connection) -> None:
+        if role != JOB_CHANNEL:
+            channel.close()
+            return
+        threading.Thread(target=self._read, args=(channel,), name="xai-job-channel", daemon=True).start()
+
+    def _read(self, channel: Connection) -> None:
+        """The job process's messages, until its channel closes."""
+        while True:
+            try:
+                message = channel.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "loaded":
+                with self._lock:
+                    self._served, self._failed = list(message[1]), dict(message[2])
+                    self._channel = channel
+                    for job_id in self._outstanding:  # a new process: what its predecessor left
+                        channel.send(("run", job_id))
+                self._loaded.set()
+            elif message[0] == "done":
+                with self._lock:
+                    known = message[1] in self._outstanding  # not a job its sweeper sent again
+                    self._outstanding.pop(message[1], None)
+                if known:
+                    self._slots.release()
+        with self._lock:
+            if self._channel is channel:
+                self._channel, self._served = None, []
+            if self._closing:
+                return
+        code = self._process.wait()
+        log.error("the job process exited with %s; starting another", code)
+        with self._lock:
+            if not self._closing:
+                self._process = self._start()
 
     def submit(self, spec: JobSpec) -> None:
         if not self._slots.acquire(blocking=False):
             self.records.fail(spec.job_id, ErrorCode.queue_full, "too many jobs waiting")
             raise ServiceError(ErrorCode.queue_full, "too many jobs are waiting; try again later")
-        with self._count_lock:
-            self._waiting += 1
-        self._pool.submit(self._run, spec.job_id)
-
-    def _run(self, job_id: str) -> None:
-        try:
-            self.runner.run(job_id)
-        finally:
-            with self._count_lock:
-                self._waiting -= 1
-            self._slots.release()
+        with self._lock:
+            self._outstanding[spec.job_id] = None
+            if self._channel is not None:
+                with contextlib.suppress(OSError):  # the process just died: its successor is given the job
+                    self._channel.send(("run", spec.job_id))
 
     def models(self) -> dict[str, dict[str, Any]]:
+        served, failed = self._served, self._failed
         return (
-            {
-                name: {"workers": ["embedded"] if name in self.host.served else [], "errors": {}}
-                for name in self.host.registry.names()
-            }
-            | {name: {"workers": [], "errors": {"embedded": error}} for name, error in self.host.failed.items()}
-            | _broken(self.host.registry)
+            {name: {"workers": ["embedded"] if name in served else [], "errors": {}} for name in self.registry.names()}
+            | {name: {"workers": [], "errors": {"embedded": error}} for name, error in failed.items()}
+            | _broken(self.registry)
         )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        alive = not self._pool._shutdown
-        detail = {"mode": "embedded", "pool": "up" if alive else "down", "models": self.host.served}
-        failed = self.host.failed | self.host.registry.broken
-        return alive and bool(self.host.served), detail | {"failed": failed}
+        alive = self._channel is not None
+        detail = {"mode": "embedded", "pool": "up" if alive else "down", "models": list(self._served)}
+        failed = self._failed | self.registry.broken
+        return alive and bool(self._served), detail | {"failed": failed}
 
     def queue_depth(self) -> dict[str, int]:
-        return {"embedded": self._waiting}
+        return {"embedded": len(self._outstanding)}
 
     def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()  # the process ends when its channel closes
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(10)
+        self._server.close()
         super().close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class CeleryDispatcher(Dispatcher):

@@ -39,7 +39,7 @@ def interleaved_ms(runs: list[Callable[[], object]], repeats: int, warmup: int =
 def allocator_setting(env: Mapping[str, str] | None = None) -> str:
     """The glibc allocator setting of this process, or of the environment ``env`` (another process's)."""
     env = os.environ if env is None else env
-    keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
     found = {key: env.get(key) for key in keys}
     if all(found.values()):
         return "tuned glibc malloc (" + ", ".join(f"{k}={v}" for k, v in found.items()) + ")"

@@ -37,6 +37,9 @@ Effect = tuple[Any, ...]
 Change = Callable[[Document | None, float], tuple[Document | None, Outcome]]
 # What else the transaction writes, from its outcome and the document as it was read.
 Effects = Callable[[Outcome, Document | None], Sequence[Effect]]
+# The write half of a transaction computed away from its store: the key, the document as read (None:
+# absent), the new document (None: leave it), its TTL when the key is new, the effects.
+Write = tuple[str, bytes | None, bytes | None, float, Sequence[Effect]]
 
 
 @dataclass(frozen=True)

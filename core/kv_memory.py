@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.kv import Admission, Effect, KeyValue, Listener, Transaction
+from core.kv import Admission, Effect, KeyValue, Listener, Transaction, Write
 
 
 class MemoryKeyValue(KeyValue):
@@ -63,6 +63,30 @@ class MemoryKeyValue(KeyValue):
                 outcomes.append(outcome)
         self._tell(published)
         return outcomes
+
+    def read_with_clock(self, keys: Sequence[str]) -> tuple[list[bytes | None], float]:
+        """The documents at ``keys`` and the store's clock: the read half of a transaction computed in
+        another process (``core/kv_shared.py``), as Redis's ``GET`` + ``TIME``."""
+        with self._lock:
+            return [self._live(key) for key in keys], self.now()
+
+    def compare_and_set(self, writes: Sequence[Write]) -> list[bool]:
+        """The write half: each write lands, with its effects, only if its document is still the bytes
+        read (None: still absent); whether each landed, as Redis's compare-and-set script."""
+        landed, published = [], []
+        with self._lock:
+            for key, expected, document, ttl_s, effects in writes:
+                raw = self._live(key)
+                if raw != expected:
+                    landed.append(False)
+                    continue
+                if document is not None:
+                    deadline = self._data[key][0] if raw is not None else time.monotonic() + ttl_s
+                    self._data[key] = (deadline, document)
+                published += self._apply(effects)
+                landed.append(True)
+        self._tell(published)
+        return landed
 
     def _apply(self, effects: Sequence[Effect]) -> list[tuple[str, str]]:
         """Apply the effects (the lock held); the messages to publish once it is released."""

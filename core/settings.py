@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XAI_", env_file=".env", extra="ignore")
 
     redis_url: str | None = Field(
-        None, description="Broker and job store, e.g. redis://redis:6379/0. Unset: jobs run in-process (embedded)."
+        None,
+        description="Broker and job store, e.g. redis://redis:6379/0. Unset: jobs run in a process the API starts "
+        "(embedded).",
     )
     model_dirs: Annotated[list[Path], NoDecode] = Field(
         [BUNDLED_MODELS], description="Comma-separated directories holding model folders (manifest.toml each)."
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     )
     max_images: int = Field(16, ge=1, description="Most images in one request.")
     max_top_k: int = Field(10, ge=1, description="Largest top-k of targets and predictions.")
-    embedded_workers: int = Field(1, ge=1, le=8, description="Threads running jobs in the embedded mode.")
+    embedded_workers: int = Field(1, ge=1, le=8, description="Threads running jobs in the embedded mode's job process.")
     torch_threads: int | None = Field(
         None,
         ge=1,

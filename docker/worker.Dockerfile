@@ -25,6 +25,7 @@ RUN pip install -c constraints.txt -e ".[worker]" \
 # glibc's allocator settings, read when the process starts (DESIGN.md, "Explainers"; app/cli.py ALLOCATOR).
 ENV MALLOC_MMAP_MAX_=0 \
     MALLOC_TRIM_THRESHOLD_=100000000000 \
+    MALLOC_ARENA_MAX=1 \
     XAI_DEVICE=cpu \
     XAI_REDIS_URL=redis://redis:6379/0 \
     XAI_MODEL_DIRS=/models,/srv/xai/models/zoo
@@ -54,6 +55,7 @@ RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torc
  && mkdir /models
 ENV MALLOC_MMAP_MAX_=0 \
     MALLOC_TRIM_THRESHOLD_=100000000000 \
+    MALLOC_ARENA_MAX=1 \
     XAI_DEVICE=cuda \
     XAI_REDIS_URL=redis://redis:6379/0 \
     XAI_MODEL_DIRS=/models,/srv/xai/models/zoo

@@ -20,6 +20,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import after_setup_logger, worker_process_init, worker_ready
 
+from core.contract import JobSpec
 from core.jobs import JobRecords
 from core.kv import STORE_ERRORS
 from core.kv_redis import RedisKeyValue
@@ -29,10 +30,10 @@ from core.telemetry import HEARTBEAT_S, Telemetry
 from models.registry import ModelRegistry
 from workers.celery_app import celery
 from workers.job_runner import JobRunner
+from workers.lease_sweep import sweep_every
 from workers.store_access import StoreUnavailable
 
 log = logging.getLogger(__name__)
-SWEEP_S = 5.0  # how often a process looks for expired leases (more often with short leases)
 
 
 class WorkerProcess:
@@ -100,28 +101,11 @@ class WorkerProcess:
 
     def _sweep(self) -> None:
         self.loaded.wait()
-        while True:
-            try:
-                self.sweep()
-            except STORE_ERRORS:
-                log.warning("sweep: the store is unreachable")
-            except Exception:
-                log.exception("sweep failed")
-            if self._stop.wait(min(SWEEP_S, self.settings.lease_s / 2)):
-                return
+        sweep_every(self.records, self.settings, self.send_again, self._stop)
 
-    def sweep(self) -> None:
-        """Send again every job whose lease expired (its worker died), or end it."""
-        settings = self.settings
-        for job_id in self.records.expired_leases():
-            outcome = self.records.reclaim(job_id, settings.max_attempts, settings.job_time_limit_s)
-            if outcome == "queued":
-                spec = self.records.spec(job_id)
-                if spec is not None:
-                    celery.send_task(TASK, args=[job_id], queue=queue_of(spec.model), task_id=job_id)
-                    log.warning("job %s: its worker was lost; sent again", job_id)
-            elif outcome == "failed":
-                log.error("job %s: its worker was lost and it cannot run again; failed", job_id)
+    @staticmethod
+    def send_again(spec: JobSpec) -> None:
+        celery.send_task(TASK, args=[spec.job_id], queue=queue_of(spec.model), task_id=spec.job_id)
 
 
 _process: WorkerProcess | None = None

@@ -1,9 +1,11 @@
-"""The job record's state machine, leases and fencing, on both stores (memory, and a real redis-server)."""
+"""The job record's state machine, leases and fencing, on every store: memory, a real redis-server, and the
+memory store lent to another process over its socket (the embedded job process's view, ``core/kv_shared.py``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -12,6 +14,7 @@ from core.jobs import Claim, JobRecords
 from core.kv import KeyValue
 from core.kv_memory import MemoryKeyValue
 from core.kv_redis import RedisKeyValue
+from core.kv_shared import SharedKeyValue, StoreServer
 from tests.service.conftest import RedisServer
 
 LEASE_S = 0.5
@@ -25,13 +28,31 @@ def redis_for_records(tmp_path_factory) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def records(request, redis_for_records) -> Iterator[JobRecords]:
-    kv: KeyValue = MemoryKeyValue() if request.param == "memory" else RedisKeyValue(redis_for_records.url)
-    if isinstance(kv, RedisKeyValue):
+STORES = ["memory", "redis", "shared"]
+
+
+@contextmanager
+def store_of(kind: str, redis_server: RedisServer) -> Iterator[KeyValue]:
+    """An empty store of ``kind``; "shared": a :class:`SharedKeyValue` client of a served memory store."""
+    if kind == "memory":
+        yield MemoryKeyValue()
+    elif kind == "redis":
+        kv = RedisKeyValue(redis_server.url)
         kv.client.flushdb()  # each test starts from an empty store
-    yield JobRecords(kv, ttl_s=60)
-    kv.close()
+        yield kv
+        kv.close()
+    else:
+        server = StoreServer(MemoryKeyValue(), lambda role, connection: connection.close())
+        shared = SharedKeyValue(server.address, server.authkey)
+        yield shared
+        shared.close()
+        server.close()
+
+
+@pytest.fixture(params=STORES)
+def records(request, redis_for_records) -> Iterator[JobRecords]:
+    with store_of(request.param, redis_for_records) as kv:
+        yield JobRecords(kv, ttl_s=60)
 
 
 def new_job(records: JobRecords, images: int = 2, job_id: str | None = None) -> str:

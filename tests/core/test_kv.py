@@ -1,4 +1,5 @@
-"""The store's atomic steps on both stores: a change with its effects lands whole or is tried again."""
+"""The store's atomic steps on every store (memory, Redis, the memory store lent over its socket): a
+change with its effects lands whole or is tried again."""
 
 from __future__ import annotations
 
@@ -10,17 +11,35 @@ import pytest
 
 from core.kv import Admission, KeyValue, Transaction
 from core.kv_memory import MemoryKeyValue
-from core.kv_redis import RedisKeyValue
-from tests.core.test_jobs import redis_for_records  # noqa: F401 - the fixture
+from core.kv_shared import SharedKeyValue, StoreServer
+from tests.core.test_jobs import STORES, redis_for_records, store_of  # noqa: F401 - the fixture
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=STORES)
 def kv(request, redis_for_records) -> Iterator[KeyValue]:  # noqa: F811
-    store: KeyValue = MemoryKeyValue() if request.param == "memory" else RedisKeyValue(redis_for_records.url)
-    if isinstance(store, RedisKeyValue):
-        store.client.flushdb()
-    yield store
-    store.close()
+    with store_of(request.param, redis_for_records) as store:
+        yield store
+
+
+def test_a_lent_store_tells_its_own_listeners_and_refuses_unknown_calls():
+    """The job process's writes publish the end to the API's waiters, who listen on the API's store;
+    the socket serves the store's calls only, and only to a peer holding the key."""
+    store = MemoryKeyValue()
+    heard: list[str] = []
+    store.listen("ended", heard.append)
+    server = StoreServer(store, lambda role, connection: connection.close())
+    shared = SharedKeyValue(server.address, server.authkey)
+    try:
+        shared.transact("doc", lambda doc, now: ({"n": 1}, None), 60, lambda outcome, doc: [("publish", "ended", "j1")])
+        assert heard == ["j1"] and store.get("doc") == b'{"n": 1}'
+        with pytest.raises(ValueError, match="no call 'close'"):
+            shared._call("close")
+        with pytest.raises(ConnectionError):
+            SharedKeyValue(server.address, b"another key").get("doc")
+        assert shared.get("doc") == b'{"n": 1}', "the connection still serves after a refused call"
+    finally:
+        shared.close()
+        server.close()
 
 
 def test_concurrent_changes_each_land_once_with_their_effects(kv):

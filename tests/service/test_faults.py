@@ -257,3 +257,40 @@ def test_an_expired_job_is_404_and_its_keys_are_gone(make_service):
     gone = service.http.get(f"/jobs/{job['job_id']}")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
     assert list(service.client.scan_iter(match=f"xai:job:{job['job_id']}*")) == []
+
+
+def job_process_of(api: Process) -> int:
+    """The embedded API's job process (``workers/job_process.py``), its one child."""
+    pid = api.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_an_embedded_job_process_killed_mid_job_is_started_again_and_loses_nothing(tmp_path: Path):
+    api, base = start_api(tmp_path, "api-embedded", lease_s=LEASE["lease_s"])
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            running = http.post("/explain", json=long_job()).json()["job_id"]
+            waiting = http.post("/explain", json=QUICK).json()["job_id"]  # behind it, in the process's queue
+
+            def started() -> bool:
+                view = http.get(f"/jobs/{running}").json()
+                return view["state"] == "running" and view["progress"] > 0
+
+            wait_until(started, 120, "the long job never ran", 0.05)
+            first = job_process_of(api)
+            os.kill(first, signal.SIGKILL)
+            killed = time.monotonic()
+            for job in (waiting, running):
+                view = poll(http, job, timeout=180)
+                assert view["state"] == "succeeded", view
+            assert http.get(f"/jobs/{running}").json()["attempts"] == 2
+            done = time.monotonic() - killed
+            assert job_process_of(api) != first, "another job process runs the jobs"
+            assert http.get("/readyz").status_code == 200
+            after = http.post("/explain?wait=30", json=QUICK).json()
+            assert after["state"] == "succeeded", after
+            print(f"\nembedded job process killed: both jobs done {done:.1f} s after the kill")
+    finally:
+        api.stop()
