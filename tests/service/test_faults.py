@@ -280,6 +280,8 @@ def test_an_embedded_job_process_killed_mid_job_is_started_again_and_loses_nothi
 
             wait_until(started, 120, "the long job never ran", 0.05)
             first = job_process_of(api)
+            maps = Path(f"/proc/{api.process.pid}/maps").read_text()
+            assert "libtorch" not in maps, "the API process holds no torch: its job process does"
             os.kill(first, signal.SIGKILL)
             killed = time.monotonic()
             for job in (waiting, running):
