@@ -19,6 +19,7 @@ or atomically with a change of a document (:meth:`KeyValue.transact`):
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -61,6 +62,37 @@ class Transaction(Generic[Outcome]):
     change: Change[Outcome]
     ttl_s: float
     effects: Effects[Outcome] | None = None
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A transaction's change, computed away from the store: what to compare and set."""
+
+    index: int  # of the transaction
+    read: bytes | None  # the document as read (None: absent)
+    document: Document | None  # the new document (None: leave it)
+    effects: list[Effect]
+
+
+def compute_changes(
+    transactions: Sequence[Transaction[Any]],
+    pending: list[int],
+    raws: Sequence[bytes | None],
+    now: float,
+    outcomes: list[Any],
+) -> list[Computed]:
+    """The changes of the ``pending`` transactions on the documents read (``raws``) at the store's clock
+    ``now``, their outcomes into ``outcomes``; those that write nothing and have no effects are left out.
+    The half of a transaction a store computed in the caller's process does (Redis, the lent store)."""
+    computed = []
+    for index, raw in zip(pending, raws, strict=True):
+        transaction = transactions[index]
+        read = None if raw is None else json.loads(raw)
+        document, outcomes[index] = transaction.change(read, now)
+        extra = list(transaction.effects(outcomes[index], read)) if transaction.effects is not None else []
+        if document is not None or extra:
+            computed.append(Computed(index, raw, document, extra))
+    return computed
 
 
 class KeyValue(ABC):

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from core.kv import STORE_ERRORS, Admission, Effect, KeyValue, Listener, Transaction
+from core.kv import STORE_ERRORS, Admission, Effect, KeyValue, Listener, Transaction, compute_changes
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,14 @@ class RedisKeyValue(KeyValue):
                 *raws, (seconds, microseconds) = pipe.execute()
             now = seconds + microseconds / 1e6
             writes: list[tuple[int, list[Any]]] = []
-            for index, raw in zip(pending, raws, strict=True):
-                transaction = transactions[index]
-                read = None if raw is None else json.loads(raw)
-                document, outcomes[index] = transaction.change(read, now)
-                extra = list(transaction.effects(outcomes[index], read)) if transaction.effects is not None else []
-                if document is None and not extra:
-                    continue
-                args: list[Any] = ["0" if raw is None else "1", raw or b""]
-                args += ["0", b"", 0] if document is None else ["1", json.dumps(document), _ms(transaction.ttl_s)]
-                for effect in extra:
+            for change in compute_changes(transactions, pending, raws, now, outcomes):
+                document, ttl_s = change.document, transactions[change.index].ttl_s
+                args: list[Any] = ["0" if change.read is None else "1", change.read or b""]
+                args += ["0", b"", 0] if document is None else ["1", json.dumps(document), _ms(ttl_s)]
+                for effect in change.effects:
                     for command in commands(effect):
                         args += [len(command), *command]
-                writes.append((index, args))
+                writes.append((change.index, args))
             if not writes:
                 break
             with self.client.pipeline(transaction=False) as pipe:

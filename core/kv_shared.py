@@ -29,7 +29,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from core.kv import Admission, Effect, KeyValue, Transaction, Write
+from core.kv import Admission, Effect, KeyValue, Transaction, Write, compute_changes
 from core.kv_memory import MemoryKeyValue
 
 log = logging.getLogger(__name__)
@@ -154,22 +154,21 @@ class SharedKeyValue(KeyValue):
         pending = list(range(len(transactions)))
         while pending:
             raws, now = self._call("read_with_clock", [transactions[index].key for index in pending])
-            writes: list[Write] = []
-            written: list[int] = []
-            for index, raw in zip(pending, raws, strict=True):
-                transaction = transactions[index]
-                read = None if raw is None else json.loads(raw)
-                document, outcomes[index] = transaction.change(read, now)
-                extra = list(transaction.effects(outcomes[index], read)) if transaction.effects is not None else []
-                if document is None and not extra:
-                    continue
-                new = None if document is None else json.dumps(document).encode()
-                writes.append((transaction.key, raw, new, transaction.ttl_s, extra))
-                written.append(index)
-            if not writes:
+            changes = compute_changes(transactions, pending, raws, now, outcomes)
+            if not changes:
                 break
+            writes: list[Write] = [
+                (
+                    transactions[change.index].key,
+                    change.read,
+                    None if change.document is None else json.dumps(change.document).encode(),
+                    transactions[change.index].ttl_s,
+                    change.effects,
+                )
+                for change in changes
+            ]
             landed = self._call("compare_and_set", writes)
-            pending = [index for index, done in zip(written, landed, strict=True) if not done]
+            pending = [change.index for change, done in zip(changes, landed, strict=True) if not done]
         return outcomes
 
     def fields(self, key: str) -> dict[str, float]:
