@@ -206,16 +206,21 @@ class EmbeddedDispatcher(Dispatcher):
         return {"embedded": len(self._outstanding)}
 
     def close(self) -> None:
+        """Ask the job process to stop (closing the channel here would not reach it while this process's
+        reader blocks on it), and kill it if it has not ended within 10 s."""
         with self._lock:
             self._closing = True
             channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()  # the process ends when its channel closes
+            if channel is not None:
+                with contextlib.suppress(OSError):
+                    channel.send(("stop",))
         try:
             self._process.wait(10)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(10)
+        if channel is not None:
+            channel.close()
         self._server.close()
         super().close()
 

@@ -4,9 +4,9 @@ The API (``app/dispatch.py: EmbeddedDispatcher``) keeps the jobs' store in memor
 Unix socket (``core/kv_shared.py``); it starts this program with the socket's address, its key and the
 API's settings as JSON on stdin. Over its channel the API sends ``("run", job_id)``; this process
 answers ``("loaded", served, failed)`` once its models are loaded and ``("done", job_id, outcome)`` after
-each run. ``Settings.embedded_workers`` threads run the jobs (each with its torch threads, as in a
-worker); one more sweeps expired leases, so that the jobs of a predecessor that died run again. When
-the channel closes (the API stopped, or died), the process ends.
+each run; ``("stop",)`` ends it. ``Settings.embedded_workers`` threads run the jobs (each with its torch
+threads, as in a worker); one more sweeps expired leases, so that the jobs of a predecessor that died
+run again. When the channel closes (the API died), the process ends too.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ class JobProcess:
                 break
             if message[0] == "run":
                 self.jobs.put(message[1])
+            elif message[0] == "stop":
+                break
         self.stop.set()
 
     def _again(self, spec: JobSpec) -> None:

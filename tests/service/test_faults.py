@@ -296,3 +296,26 @@ def test_an_embedded_job_process_killed_mid_job_is_started_again_and_loses_nothi
             print(f"\nembedded job process killed: both jobs done {done:.1f} s after the kill")
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_the_embedded_job_process_ends_with_its_api(tmp_path: Path, stop: str):
+    """SIGTERM: the API asks its job process to stop and both are gone at once (closing the channel alone
+    would not reach it); SIGKILL: the job process sees its channel close and ends by itself."""
+    api, _ = start_api(tmp_path, f"api-embedded-{stop}")
+    child = job_process_of(api)
+    started = time.monotonic()
+    api.process.send_signal(signal.SIGTERM if stop == "sigterm" else signal.SIGKILL)
+    api.process.wait(30)
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        status = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return status == "Z"  # ended, not yet reaped by its (killed) parent's reaper
+
+    wait_until(gone, 10, f"the job process outlived its API ({stop})")
+    assert time.monotonic() - started < 8, "well within the 10 s a stuck job process is given before a kill"
+    api.stop()
