@@ -18,25 +18,15 @@ import socket
 import sys
 from pathlib import Path
 
-from core.settings import Settings, get_settings
+from core.settings import ALLOCATOR, Settings, get_settings
 
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
-# glibc hands large freed blocks back to the OS after every pass unless told otherwise (DESIGN, "Speed"),
-# and a thread other than the main one allocates from an arena of its own, where those two settings do not
-# hold: one arena for every thread (docs/architecture.md, "Torch threads of the jobs").
-ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_ARENA_MAX": "1"}
 
 
 def openapi_text() -> str:
     from app.main import create_app
 
     return json.dumps(create_app().openapi(), indent=2, sort_keys=True) + "\n"
-
-
-def _with_allocator(argv: list[str]) -> None:
-    """Re-exec with the allocator settings: glibc reads them only when the process starts."""
-    if any(os.environ.get(key) != value for key, value in ALLOCATOR.items()):
-        os.execvpe(sys.executable, [sys.executable, "-m", "app.cli", *argv], {**os.environ, **ALLOCATOR})
 
 
 def worker_health(settings: Settings) -> int:
@@ -133,8 +123,6 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(text)
         print(f"wrote {args.out}")
     elif args.command == "serve":
-        if settings.embedded:
-            _with_allocator(argv)
         import uvicorn
 
         mode = "embedded jobs" if settings.embedded else f"jobs through {settings.redis_url}"

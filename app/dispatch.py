@@ -8,16 +8,12 @@ mode starts its job process as a program (``python -m workers.job_process``).
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
-import subprocess
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from multiprocessing.connection import Connection
 from typing import Any
 
+from app.embedded_jobs import EmbeddedJobs
 from app.job_messages import JobMessages
 from app.waiting import JobWaiters
 from core.capabilities import Capabilities
@@ -27,14 +23,11 @@ from core.jobs import JobRecords
 from core.kv import KeyValue
 from core.kv_memory import MemoryKeyValue
 from core.kv_redis import RedisKeyValue
-from core.kv_shared import StoreServer
 from core.settings import Settings
 from core.telemetry import Telemetry, load_errors, serving
 from models.registry import ModelRegistry
 
-log = logging.getLogger(__name__)
 WORKERS_CACHE_S = 1.0  # how long the API trusts its last read of the heartbeats
-JOB_CHANNEL = "jobs"  # the job process's channel names itself so (workers/job_process.py: CHANNEL_ROLE)
 
 
 class Dispatcher(ABC):
@@ -105,91 +98,22 @@ class Dispatcher(ABC):
 
 
 class EmbeddedDispatcher(Dispatcher):
-    """Jobs in a process of the API's own (``workers/job_process.py``, started as a program: the API
-    imports no torch), over the API's in-memory store lent on a Unix socket (``core/kv_shared.py``).
-    Jobs beyond ``embedded_queue`` get 503. A job process that dies is started again and given the
-    jobs it had not finished; those it was running come back when their leases expire (its sweeper)."""
+    """Jobs in a job process the API starts and supervises (``app/embedded_jobs.py``), over the API's
+    in-memory store; jobs beyond ``embedded_queue`` get 503."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         store = MemoryKeyValue()
         self._open(store, settings)
         self.registry = registry
-        self._slots = threading.BoundedSemaphore(settings.embedded_queue)
-        self._lock = threading.Lock()  # the channel, the outstanding jobs, the process
-        self._outstanding: dict[str, None] = {}  # sent, not yet done: in order, for a new process
-        self._channel: Connection | None = None
-        self._loaded = threading.Event()
-        self._served: list[str] = []
-        self._failed: dict[str, str] = {}
-        self._closing = False
-        self._server = StoreServer(store, self._channel_opened)
-        self._process = self._start()
-        while not self._loaded.wait(0.5):
-            if self._process.poll() is not None:
-                self._server.close()
-                raise RuntimeError(f"the job process exited with {self._process.returncode} while loading the models")
-
-    def _start(self) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "workers.job_process"], stdin=subprocess.PIPE)
-        given = {
-            "address": self._server.address,
-            "authkey": self._server.authkey.hex(),
-            "settings": self.settings.model_dump(mode="json"),
-        }
-        assert process.stdin is not None
-        process.stdin.write(json.dumps(given).encode())
-        process.stdin.close()
-        return process
-
-    def _channel_opened(self, role: str, channel: Connection) -> None:
-        if role != JOB_CHANNEL:
-            channel.close()
-            return
-        threading.Thread(target=self._read, args=(channel,), name="xai-job-channel", daemon=True).start()
-
-    def _read(self, channel: Connection) -> None:
-        """The job process's messages, until its channel closes."""
-        while True:
-            try:
-                message = channel.recv()
-            except (EOFError, OSError):
-                break
-            if message[0] == "loaded":
-                with self._lock:
-                    self._served, self._failed = list(message[1]), dict(message[2])
-                    self._channel = channel
-                    for job_id in self._outstanding:  # a new process: what its predecessor left
-                        channel.send(("run", job_id))
-                self._loaded.set()
-            elif message[0] == "done":
-                with self._lock:
-                    known = message[1] in self._outstanding  # not a job its sweeper sent again
-                    self._outstanding.pop(message[1], None)
-                if known:
-                    self._slots.release()
-        with self._lock:
-            if self._channel is channel:
-                self._channel, self._served = None, []
-            if self._closing:
-                return
-        code = self._process.wait()
-        log.error("the job process exited with %s; starting another", code)
-        with self._lock:
-            if not self._closing:
-                self._process = self._start()
+        self.jobs = EmbeddedJobs(store, settings, settings.embedded_queue)
 
     def submit(self, spec: JobSpec) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self.jobs.submit(spec.job_id):
             self.records.fail(spec.job_id, ErrorCode.queue_full, "too many jobs waiting")
             raise ServiceError(ErrorCode.queue_full, "too many jobs are waiting; try again later")
-        with self._lock:
-            self._outstanding[spec.job_id] = None
-            if self._channel is not None:
-                with contextlib.suppress(OSError):  # the process just died: its successor is given the job
-                    self._channel.send(("run", spec.job_id))
 
     def models(self) -> dict[str, dict[str, Any]]:
-        served, failed = self._served, self._failed
+        served, failed = self.jobs.served, self.jobs.failed
         return (
             {name: {"workers": ["embedded"] if name in served else [], "errors": {}} for name in self.registry.names()}
             | {name: {"workers": [], "errors": {"embedded": error}} for name, error in failed.items()}
@@ -197,31 +121,16 @@ class EmbeddedDispatcher(Dispatcher):
         )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        alive = self._channel is not None
-        detail = {"mode": "embedded", "pool": "up" if alive else "down", "models": list(self._served)}
-        failed = self._failed | self.registry.broken
-        return alive and bool(self._served), detail | {"failed": failed}
+        alive = self.jobs.alive
+        detail = {"mode": "embedded", "pool": "up" if alive else "down", "models": list(self.jobs.served)}
+        failed = self.jobs.failed | self.registry.broken
+        return alive and bool(self.jobs.served), detail | {"failed": failed}
 
     def queue_depth(self) -> dict[str, int]:
-        return {"embedded": len(self._outstanding)}
+        return {"embedded": self.jobs.waiting}
 
     def close(self) -> None:
-        """Ask the job process to stop (closing the channel here would not reach it while this process's
-        reader blocks on it), and kill it if it has not ended within 10 s."""
-        with self._lock:
-            self._closing = True
-            channel, self._channel = self._channel, None
-            if channel is not None:
-                with contextlib.suppress(OSError):
-                    channel.send(("stop",))
-        try:
-            self._process.wait(10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(10)
-        if channel is not None:
-            channel.close()
-        self._server.close()
+        self.jobs.close()
         super().close()
 
 

@@ -57,7 +57,7 @@ from PIL import Image
 
 from app.cli import ALLOCATOR
 from bench.timing import allocator_setting
-from tests.service.conftest import ROOT, Process, RedisServer, start_api, start_worker, wait_until
+from tests.service.conftest import ROOT, Process, RedisServer, child_pids, start_api, start_worker, wait_until
 from tests.service.helpers import b64, encode, shape_photos
 
 if TYPE_CHECKING:
@@ -279,10 +279,9 @@ def cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tick
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return total
-    return total + sum(cpu_seconds(int(child)) for child in children)
+    return total + sum(cpu_seconds(child) for child in child_pids(pid))
 
 
 def cpu_of(pids: dict[str, int]) -> dict[str, float]:
@@ -298,7 +297,7 @@ def running(mode: str, tmp: Path) -> Iterator[Service]:
         if mode == "embedded":
             api, base = start_api(tmp, "api-embedded")
             started.append(api)
-            allocator = {"API (jobs in-process)": process_allocator(api.process.pid)}
+            allocator = {"job process": process_allocator(child_pids(api.process.pid)[0])}
             yield Service(mode, base, allocator, {"API + jobs": api.process.pid})
         elif mode == "celery":
             server = RedisServer(tmp)

@@ -1,17 +1,17 @@
 """The embedded mode's store, lent to its job process: a :class:`~core.kv_memory.MemoryKeyValue` in the
 API process, served over a Unix socket to the process that runs the jobs (``workers/job_process.py``).
 
-The jobs run in a process of their own so that they never share an interpreter lock with the API: in
-one process, a job thread waiting for the lock between two torch operations left its OpenMP team
-spinning on the core the event loop needed, and a batch of 16 EfficientNet-Lite0 GradCAMs took twice
-as long under load as in a worker (docs/architecture.md, "The embedded job process").
+The jobs run in a process of their own so that they never share an interpreter lock with the API's
+requests (lenet5-shapes under 16 clients: 391–416 jobs/s with the jobs on a thread of the API, 447–449
+in a process; docs/architecture.md, "The embedded job process"), and the API imports no torch.
 
 A transaction is computed where it is asked for, as with Redis (``core/kv_redis.py``): one call reads
 the documents and the store's clock, one compare-and-set writes each new document and its effects if
 the document is still the one read, and a transaction whose document changed goes round again. The
 changes are functions of the job path, which do not travel; their writes, plain bytes and effect
 tuples, do. Connections are ``multiprocessing.connection``'s, authenticated with a key made for the
-process (HMAC challenge), one per calling thread.
+process (HMAC challenge), kept in a pool: a call takes an idle one (or opens one) and gives it back, so
+the short-lived threads of the job path (a batch's lease keeper) leave no connection behind.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from core.kv_memory import MemoryKeyValue
 
 log = logging.getLogger(__name__)
 STORE_ROLE = "store"  # the first message of a connection that makes store calls
+JOB_CHANNEL = "jobs"  # the first message of the job process's channel (app/embedded_jobs.py)
 FAMILY = "AF_UNIX"
 # What a job process may call on the API's store; everything else is refused.
 CALLS = frozenset(
@@ -89,6 +90,9 @@ class StoreServer:
                     name, args = connection.recv()
                 except (OSError, EOFError):
                     return
+                except Exception as error:  # a request that does not unpickle
+                    connection.send((False, RuntimeError(f"the store could not read a call: {error!r}")))
+                    continue
                 try:
                     if name not in CALLS:
                         raise ValueError(f"the store has no call {name!r}")
@@ -99,6 +103,8 @@ class StoreServer:
                     connection.send(reply)
                 except OSError:
                     return
+                except Exception as error:  # a reply that does not pickle: an error, not a lost store
+                    connection.send((False, RuntimeError(f"the store's reply to {name} failed: {error!r}")))
 
     def close(self) -> None:
         self._closed.set()
@@ -113,24 +119,25 @@ class SharedKeyValue(KeyValue):
 
     def __init__(self, address: str, authkey: bytes) -> None:
         self.address, self._authkey = address, authkey
-        self._local = threading.local()
-        self._connections: list[Connection] = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
     def _call(self, name: str, *args: Any) -> Any:
-        connection: Connection | None = getattr(self._local, "connection", None)
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
         try:
             if connection is None:
                 connection = Client(self.address, FAMILY, authkey=self._authkey)
                 connection.send(STORE_ROLE)
-                self._local.connection = connection
-                with self._lock:
-                    self._connections.append(connection)
             connection.send((name, args))
             ok, value = connection.recv()
         except (OSError, EOFError, AuthenticationError) as error:
-            self._local.connection = None
+            if connection is not None:
+                with contextlib.suppress(OSError):
+                    connection.close()
             raise ConnectionError(f"the API's store is unreachable: {type(error).__name__}") from None
+        with self._lock:
+            self._idle.append(connection)
         if not ok:
             raise value
         return value
@@ -195,7 +202,7 @@ class SharedKeyValue(KeyValue):
 
     def close(self) -> None:
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections, self._idle = self._idle, []
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.close()

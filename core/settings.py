@@ -16,6 +16,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models" / "zoo"
+# The environment of the processes that run jobs. glibc hands large freed blocks back to the OS after every
+# pass unless told otherwise (DESIGN, "Speed"), and a thread other than the main one allocates from an arena
+# of its own, where those two settings do not hold: one arena for every thread (docs/architecture.md,
+# "Torch threads of the jobs"). glibc reads them when a process starts.
+ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_ARENA_MAX": "1"}
 
 
 class Settings(BaseSettings):

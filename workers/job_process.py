@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from multiprocessing.connection import Client, Connection
 
 from core.contract import JobSpec
 from core.jobs import JobRecords
-from core.kv_shared import FAMILY, SharedKeyValue
+from core.kv_shared import FAMILY, JOB_CHANNEL, SharedKeyValue
 from core.settings import Settings
 from core.telemetry import Telemetry
 from models.registry import ModelRegistry
@@ -31,14 +32,13 @@ from workers.lease_sweep import sweep_every
 from workers.model_host import ModelHost
 
 log = logging.getLogger("workers.job_process")
-CHANNEL_ROLE = "jobs"  # the first message of the channel's connection
 
 
 class JobProcess:
     def __init__(self, address: str, authkey: bytes, settings: Settings) -> None:
         self.settings = settings
         self.channel: Connection = Client(address, FAMILY, authkey=authkey)
-        self.channel.send(CHANNEL_ROLE)
+        self.channel.send(JOB_CHANNEL)
         self._send_lock = threading.Lock()
         self.kv = SharedKeyValue(address, authkey)
         self.records = JobRecords(self.kv, settings.result_ttl_s)
@@ -52,8 +52,8 @@ class JobProcess:
         with self._send_lock:
             self.channel.send(message)
 
-    def serve(self) -> None:
-        """Load the models, report them, run what the channel sends until it closes."""
+    def serve(self) -> bool:
+        """Load the models, report them, run what the channel sends until it says stop (True) or closes."""
         self.host.load_all()
         for name in self.host.served:
             self.telemetry.put_capabilities(name, self.host.capabilities(name))
@@ -67,16 +67,17 @@ class JobProcess:
         threading.Thread(target=sweep_every, args=sweeping, name="xai-sweep", daemon=True).start()
         self.send(("loaded", self.host.served, self.host.failed))
         log.info("models loaded: %s; failed: %s", self.host.served, self.host.failed or "none")
-        while True:
+        stopped = False
+        while not stopped:
             try:
                 message = self.channel.recv()
             except (EOFError, OSError):
                 break
             if message[0] == "run":
                 self.jobs.put(message[1])
-            elif message[0] == "stop":
-                break
+            stopped = message[0] == "stop"
         self.stop.set()
+        return stopped
 
     def _again(self, spec: JobSpec) -> None:
         self.jobs.put(spec.job_id)
@@ -96,15 +97,19 @@ class JobProcess:
 
 
 def main() -> None:
-    # Ctrl-C reaches the whole process group: the API stops, and closes the channel, which ends this one.
+    # Ctrl-C, or a SIGTERM to the whole group (systemd, tini -g), reaches this process too: the API stops
+    # it on its channel, after the requests it serves; dying first would only have the API start another.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [job process %(process)d] %(name)s: %(message)s"
     )
     given = json.loads(sys.stdin.read())
     process = JobProcess(given["address"], bytes.fromhex(given["authkey"]), Settings.model_validate(given["settings"]))
-    process.serve()
-    # The channel closed: the API is gone with the store; running jobs cannot write their ends.
+    stopped = process.serve()
+    if not stopped:  # the channel closed: the API died, and left its socket's directory behind
+        shutil.rmtree(os.path.dirname(given["address"]), ignore_errors=True)
+    # Running jobs cannot write their ends: the store goes with the API.
     logging.shutdown()
     os._exit(0)
 

@@ -37,6 +37,12 @@ def test_a_lent_store_tells_its_own_listeners_and_refuses_unknown_calls():
         with pytest.raises(ConnectionError):
             SharedKeyValue(server.address, b"another key").get("doc")
         assert shared.get("doc") == b'{"n": 1}', "the connection still serves after a refused call"
+        for _ in range(20):  # short-lived threads, as a batch's lease keeper: their connections are reused
+            thread = threading.Thread(target=shared.get, args=("doc",))
+            thread.start()
+            thread.join()
+        serving = [thread for thread in threading.enumerate() if thread.name == "xai-store"]
+        assert len(serving) <= 2, f"{len(serving)} connections held for 20 threads that ended"
     finally:
         shared.close()
         server.close()

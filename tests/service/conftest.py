@@ -89,6 +89,22 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+def child_pids(pid: int) -> list[int]:
+    """The running children of a process, started by any of its threads (``/proc/<pid>/task/<tid>/children``
+    lists only those of thread ``tid``: the embedded API starts its job process from a thread)."""
+    children: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
 def wait_until(check, timeout: float, message: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

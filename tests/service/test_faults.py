@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from tests.service.conftest import Process, RedisServer, start_api, start_worker, wait_until
+from tests.service.conftest import Process, RedisServer, child_pids, start_api, start_worker, wait_until
 from tests.service.helpers import b64, encode, poll, shape_photos
 
 pytestmark = pytest.mark.slow
@@ -261,10 +261,9 @@ def test_an_expired_job_is_404_and_its_keys_are_gone(make_service):
 
 def job_process_of(api: Process) -> int:
     """The embedded API's job process (``workers/job_process.py``), its one child."""
-    pid = api.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    children = child_pids(api.process.pid)
     assert len(children) == 1, children
-    return int(children[0])
+    return children[0]
 
 
 def test_an_embedded_job_process_killed_mid_job_is_started_again_and_loses_nothing(tmp_path: Path):

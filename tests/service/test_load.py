@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import RedisServer, start_api, start_worker
+from tests.service.conftest import RedisServer, child_pids, start_api, start_worker
 from tests.service.helpers import TERMINAL, b64, encode, shape_photos
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,7 @@ def rss_mb(pid: int) -> float:
         try:
             with open(f"/proc/{current}/status") as status:
                 total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
-            with open(f"/proc/{current}/task/{current}/children") as children:
-                pending.extend(int(child) for child in children.read().split())
+            pending.extend(child_pids(current))
         except (FileNotFoundError, StopIteration, ProcessLookupError):
             continue
     return total
