@@ -105,7 +105,7 @@ class EmbeddedDispatcher(Dispatcher):
         store = MemoryKeyValue()
         self._open(store, settings)
         self.registry = registry
-        self.jobs = EmbeddedJobs(store, settings, settings.embedded_queue)
+        self.jobs = EmbeddedJobs(store, settings)
 
     def submit(self, spec: JobSpec) -> None:
         if not self.jobs.submit(spec.job_id):

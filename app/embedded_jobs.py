@@ -36,13 +36,13 @@ class StartFailed(RuntimeError):
 
 
 class EmbeddedJobs:
-    """Job ids to a supervised job process; ``queue`` of them at most, sent and not yet done."""
+    """Job ids to a supervised job process; ``embedded_queue`` of them at most, sent and not yet done."""
 
-    def __init__(self, store: MemoryKeyValue, settings: Settings, queue: int) -> None:
+    def __init__(self, store: MemoryKeyValue, settings: Settings) -> None:
         self.settings = settings
         self.served: list[str] = []
         self.failed: dict[str, str] = {}
-        self._slots = threading.BoundedSemaphore(queue)
+        self._slots = threading.BoundedSemaphore(settings.embedded_queue)
         self._lock = threading.Lock()  # the channel, the process, the outstanding jobs, closing
         self._outstanding: dict[str, None] = {}  # sent, not yet done: in order, for a new process
         self._channel: Connection | None = None
@@ -68,7 +68,7 @@ class EmbeddedJobs:
 
     def submit(self, job_id: str) -> bool:
         """Send the job to the process (or hold it for the next one while none is up); False when
-        ``queue`` jobs are sent and not yet done."""
+        ``embedded_queue`` jobs are sent and not yet done."""
         if not self._slots.acquire(blocking=False):
             return False
         with self._lock:

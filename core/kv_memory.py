@@ -54,10 +54,7 @@ class MemoryKeyValue(KeyValue):
                 read = None if raw is None else json.loads(raw)
                 document, outcome = transaction.change(read, self.now())
                 if document is not None:
-                    deadline = (
-                        self._data[transaction.key][0] if raw is not None else time.monotonic() + transaction.ttl_s
-                    )
-                    self._data[transaction.key] = (deadline, json.dumps(document).encode())
+                    self._put_document(transaction.key, raw, json.dumps(document).encode(), transaction.ttl_s)
                 effects = transaction.effects(outcome, read) if transaction.effects is not None else []
                 published += self._apply(effects)
                 outcomes.append(outcome)
@@ -81,12 +78,17 @@ class MemoryKeyValue(KeyValue):
                     landed.append(False)
                     continue
                 if document is not None:
-                    deadline = self._data[key][0] if raw is not None else time.monotonic() + ttl_s
-                    self._data[key] = (deadline, document)
+                    self._put_document(key, raw, document, ttl_s)
                 published += self._apply(effects)
                 landed.append(True)
         self._tell(published)
         return landed
+
+    def _put_document(self, key: str, raw: bytes | None, document: bytes, ttl_s: float) -> None:
+        """A transaction's new document (the lock held): it keeps the key's TTL, or gets ``ttl_s`` when the
+        key was absent (``raw`` None)."""
+        deadline = self._data[key][0] if raw is not None else time.monotonic() + ttl_s
+        self._data[key] = (deadline, document)
 
     def _apply(self, effects: Sequence[Effect]) -> list[tuple[str, str]]:
         """Apply the effects (the lock held); the messages to publish once it is released."""

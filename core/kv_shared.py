@@ -57,7 +57,7 @@ CALLS = frozenset(
 class StoreServer:
     """Serves ``kv`` on a Unix socket in a private directory. A connection whose first message is
     ``STORE_ROLE`` gets a thread answering its calls; any other first message hands the connection to
-    ``on_channel(role, connection)`` (the job process's channel, ``app/dispatch.py``)."""
+    ``on_channel(role, connection)`` (the job process's channel, ``app/embedded_jobs.py``)."""
 
     def __init__(self, kv: MemoryKeyValue, on_channel: Callable[[str, Connection], None]) -> None:
         self.kv, self._on_channel = kv, on_channel

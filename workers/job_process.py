@@ -3,8 +3,8 @@
 The API (``app/dispatch.py: EmbeddedDispatcher``) keeps the jobs' store in memory and lends it over a
 Unix socket (``core/kv_shared.py``); it starts this program with the socket's address, its key and the
 API's settings as JSON on stdin. Over its channel the API sends ``("run", job_id)``; this process
-answers ``("loaded", served, failed)`` once its models are loaded and ``("done", job_id, outcome)`` after
-each run; ``("stop",)`` ends it. ``Settings.embedded_workers`` threads run the jobs (each with its torch
+answers ``("loaded", served, failed)`` once its models are loaded and ``("done", job_id)`` after each
+run; ``("stop",)`` ends it. ``Settings.embedded_workers`` threads run the jobs (each with its torch
 threads, as in a worker); one more sweeps expired leases, so that the jobs of a predecessor that died
 run again. When the channel closes (the API died), the process ends too.
 """
@@ -45,7 +45,7 @@ class JobProcess:
         self.telemetry = Telemetry(self.kv)
         self.host = ModelHost(ModelRegistry(settings.model_dirs), settings.device)
         self.runner = JobRunner(self.records, self.telemetry, self.host, settings, owner=f"embedded:{os.getpid()}")
-        self.jobs: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.stop = threading.Event()
 
     def send(self, message: tuple) -> None:
@@ -57,12 +57,8 @@ class JobProcess:
         self.host.load_all()
         for name in self.host.served:
             self.telemetry.put_capabilities(name, self.host.capabilities(name))
-        workers = [
-            threading.Thread(target=self._work, name=f"xai-job-{index}", daemon=True)
-            for index in range(self.settings.embedded_workers)
-        ]
-        for worker in workers:
-            worker.start()
+        for index in range(self.settings.embedded_workers):
+            threading.Thread(target=self._work, name=f"xai-job-{index}", daemon=True).start()
         sweeping = (self.records, self.settings, self._again, self.stop)
         threading.Thread(target=sweep_every, args=sweeping, name="xai-sweep", daemon=True).start()
         self.send(("loaded", self.host.served, self.host.failed))
@@ -84,14 +80,14 @@ class JobProcess:
 
     def _work(self) -> None:
         self.runner.enter_thread()
-        while (job_id := self.jobs.get()) is not None:
+        while True:
+            job_id = self.jobs.get()
             try:
-                outcome = self.runner.run(job_id)
+                self.runner.run(job_id)
             except Exception:  # the runner ends jobs itself; this is the store gone (the API stopping)
                 log.exception("job %s was not run to its end", job_id)
-                outcome = "not_run"
             try:
-                self.send(("done", job_id, outcome))
+                self.send(("done", job_id))
             except OSError:
                 return
 

@@ -24,5 +24,5 @@ class Dying(EmbeddedJobs):
 
 def test_a_job_process_that_dies_before_it_loaded_fails_the_start_and_is_not_started_again():
     with pytest.raises(StartFailed, match="exited with 3 before it had loaded the models"):
-        Dying(MemoryKeyValue(), Settings(_env_file=None), queue=4)
+        Dying(MemoryKeyValue(), Settings(_env_file=None, embedded_queue=4))
     assert Dying.starts == 1, "a process that never loaded is a start-up failure, not one to restart"
